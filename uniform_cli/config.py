@@ -1,0 +1,361 @@
+"""Typed recipes: dataclasses loaded from TOML, unknown keys rejected, resolved TOML written back.
+
+A recipe is one TOML file with the tables `[model]`, `[diffusion]`, `[codec]`, `[data]`, `[train]`,
+`[generate]` and a raw `[deepspeed]` table passed through to DeepSpeed. `[model] preset = "XL/2"` starts
+from a named preset (see `uniform_cli.model.presets`) and the other keys of the table override it.
+Each part of the toolkit receives only its own section (`build_model(recipe.model)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used; the message names the key and the file."""
+
+
+@dataclass
+class ModelConfig:
+    """The UniForm backbone (STDiT3 blocks over audible frames)."""
+
+    preset: str = "debug"
+    """Named preset the other fields start from ("debug", "demo", "XL/2")."""
+    hidden_size: int = 64
+    """Token width."""
+    depth: int = 2
+    """Number of spatial blocks; there are as many temporal blocks."""
+    num_heads: int = 4
+    """Attention heads in every block."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width over token width."""
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    """PatchEmbed3D patch over (frames, height, width)."""
+    video_latent: tuple[int, int, int, int] = (4, 4, 8, 8)
+    """Video latent shape C, F, H, W."""
+    audio_latent: tuple[int, int, int] = (8, 20, 4)
+    """Audio latent shape C, T, M; T must be a multiple of the video latent's F."""
+    task_width: int = 2
+    """Width (in latent pixels) of the task-token block appended to each audible frame."""
+    num_tasks: int = 3
+    """Size of the task embedding (T2AV, A2V, V2A)."""
+    text_dim: int = 32
+    """Width of the text encoder's embeddings (4096 for T5-v1.1-XXL)."""
+    text_len: int = 16
+    """Longest text in tokens (300 in the paper); also the length of the null embedding."""
+    pred_sigma: bool = True
+    """Predict the learned-range variance next to the noise (IDDPM)."""
+    qk_norm: bool = True
+    """RMSNorm on queries and keys per head."""
+    grad_checkpointing: bool = False
+    """Recompute block activations in the backward pass to save memory."""
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(self.patch_size)
+        self.video_latent = tuple(self.video_latent)
+        self.audio_latent = tuple(self.audio_latent)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.audio_latent[1] % self.video_latent[1]:
+            raise ConfigError(
+                f"model.audio_latent T={self.audio_latent[1]} is not a multiple of video frames F={self.video_latent[1]}"
+            )
+
+
+@dataclass
+class DiffusionConfig:
+    """IDDPM: schedule and loss."""
+
+    num_timesteps: int = 1000
+    """Training diffusion steps."""
+    beta_start: float = 1e-4
+    """First beta of the linear schedule (for 1,000 steps; rescaled for other counts)."""
+    beta_end: float = 0.02
+    """Last beta of the linear schedule (for 1,000 steps; rescaled for other counts)."""
+    learn_sigma: bool = True
+    """Learned-range variance trained with the variational bound (hybrid loss)."""
+
+
+@dataclass
+class CodecConfig:
+    """The pretrained parts that turn media into latents and back (hub ids or local folders)."""
+
+    video: str = "opensora"
+    """Video codec: "opensora" (Open-Sora VAE v1.2) or "pixel" (weight-free, for the demo)."""
+    audio: str = "audioldm"
+    """Audio codec: "audioldm" (AudioLDM VAE + HiFi-GAN) or "mel" (weight-free log-mel, for the demo)."""
+    video_vae: str = "hpcai-tech/OpenSora-VAE-v1.2"
+    """Open-Sora VAE v1.2: hub id or folder with config.json + model.safetensors."""
+    audio_vae: str = "cvssp/audioldm-s-full-v2"
+    """AudioLDM checkpoint: hub id or folder with vae/ and vocoder/ subfolders."""
+    text_encoder: str = "DeepFloyd/t5-v1_1-xxl"
+    """Text encoder: hub id or folder of a transformers encoder and its tokenizer; "none" for no text."""
+
+
+@dataclass
+class DataConfig:
+    """Media settings and the training data."""
+
+    fps: int = 17
+    """Frames per second of clips."""
+    size: int = 256
+    """Clip side in pixels (short side scaled, then centre-cropped)."""
+    seconds: float = 4.0
+    """Clip length in seconds."""
+    sample_rate: int = 16000
+    """Audio sample rate of clips."""
+    shards: list[str] = field(default_factory=list)
+    """Shard folders written by `uniform encode` (each holds index.json)."""
+    task_weights: dict[str, float] = field(default_factory=lambda: {"t2av": 1.0, "a2v": 1.0, "v2a": 1.0})
+    """Relative frequency of each task in training."""
+    task_sampling: str = "iteration"
+    """"iteration": one task per step for the whole batch (the paper); "sample": one per sample."""
+    text_drop: float = 0.5
+    """Probability that a sample's text is replaced by the null embedding."""
+    num_workers: int = 2
+    """Data loader worker processes."""
+    shuffle_buffer: int = 256
+    """Samples held for shuffling."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.task_weights) - {"t2av", "a2v", "v2a"}
+        if unknown:
+            raise ConfigError(f"data.task_weights has unknown tasks {sorted(unknown)}; use t2av, a2v, v2a")
+        if self.task_sampling not in ("iteration", "sample"):
+            raise ConfigError(f"data.task_sampling must be 'iteration' or 'sample', not {self.task_sampling!r}")
+        if not 0.0 <= self.text_drop <= 1.0:
+            raise ConfigError(f"data.text_drop must lie in [0, 1], not {self.text_drop}")
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.fps * self.seconds)
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.sample_rate * self.seconds)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpoints and logging."""
+
+    name: str = "debug"
+    """Run name: outputs go to {output_dir}/{name}/."""
+    output_dir: str = "runs"
+    """Folder that holds runs."""
+    steps: int = 100
+    """Optimizer steps in total."""
+    micro_batch: int = 2
+    """Samples per GPU per forward."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-4
+    """Learning rate after warmup (constant)."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_eps: float = 1e-15
+    """AdamW epsilon (Open-Sora uses 1e-15)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip; 0 disables."""
+    ema_decay: float = 0.99
+    """EMA decay of the exported weights."""
+    precision: str = "fp32"
+    """"bf16" or "fp32"."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (2 on GPUs)."""
+    compile: bool = False
+    """torch.compile the model."""
+    init_from: str = ""
+    """Initial weights: "" (random), "pixart:PATH", "opensora:PATH" or "uniform:PATH"."""
+    checkpoint_every: int = 1000
+    """Save a resumable checkpoint every N steps."""
+    keep_last: int = 3
+    """Resumable checkpoints kept."""
+    log_every: int = 1
+    """Write metrics every N steps."""
+    seed: int = 0
+    """Seed of everything random."""
+    deterministic: bool = False
+    """Deterministic algorithms (exact resume tests)."""
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"train.precision must be 'bf16' or 'fp32', not {self.precision!r}")
+
+
+@dataclass
+class GenerateConfig:
+    """Sampling defaults for `uniform generate` (each can be changed on the command line)."""
+
+    sampler: str = "dpm++"
+    """"ddpm", "ddim" or "dpm++"."""
+    steps: int = 25
+    """Sampling steps."""
+    cfg_video: float = 4.0
+    """Classifier-free guidance scale of the video."""
+    cfg_audio: float = 4.0
+    """Classifier-free guidance scale of the audio."""
+    batch_size: int = 4
+    """Clips per batch."""
+    seed: int = 0
+    """Seed of rows without their own."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("ddpm", "ddim", "dpm++"):
+            raise ConfigError(f"generate.sampler must be ddpm, ddim or dpm++, not {self.sampler!r}")
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: one dataclass per part, plus DeepSpeed settings passed through as given."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Check a TOML value against a field's type; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool, float):
+        if type(value) is not annotation:
+            raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_check_value(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, arg = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return {k: _check_value(v, arg, f"{where}.{k}") for k, v in value.items()}
+    return value  # Any
+
+
+def _build(cls: type, table: dict[str, Any], where: str, base: Any = None) -> Any:
+    """Make dataclass `cls` from a TOML table, starting from `base` (an instance) when given."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(names))})")
+    values = dataclasses.asdict(base) if base is not None else {}
+    for key, value in table.items():
+        values[key] = _check_value(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def _model_from_table(table: dict[str, Any], where: str) -> ModelConfig:
+    from uniform_cli.model.presets import PRESETS  # the one dict of named presets
+
+    name = table.get("preset", ModelConfig.preset)
+    if name not in PRESETS:
+        raise ConfigError(f"{where}.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return _build(ModelConfig, table, where, base=PRESETS[name])
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Build a Recipe from nested dicts (parsed TOML); errors name the key and `source`."""
+    sections = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(data) - sections)
+    if unknown:
+        raise ConfigError(f"{source}: unknown table [{unknown[0]}] (known: {', '.join(sorted(sections))})")
+    try:
+        hints = typing.get_type_hints(Recipe)
+        parts: dict[str, Any] = {}
+        for name in sections:
+            table = data.get(name, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{name} must be a table, got {table!r}")
+            if name == "deepspeed":
+                parts[name] = dict(table)
+            elif name == "model":
+                parts[name] = _model_from_table(table, name)
+            else:
+                parts[name] = _build(hints[name], table, name)
+        return Recipe(**parts)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`model.depth=2` -> (["model", "depth"], 2). Values are read as TOML, else taken as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"override {text!r}: the key must be section.key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a TOML recipe, apply `section.key=value` overrides, and check everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        table = data
+        for k in keys[:-1]:
+            table = table.setdefault(k, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a table")
+        table[keys[-1]] = value
+    return recipe_from_dict(data, source=str(path))
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain TOML-ready dicts (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML text; `recipe_from_dict(tomllib.loads(text))` gives it back."""
+    import tomli_w
+
+    return tomli_w.dumps(recipe_to_dict(recipe))

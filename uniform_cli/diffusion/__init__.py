@@ -1,0 +1,1 @@
+"""IDDPM diffusion as pure functions: schedule, task masks, hybrid loss, samplers, guidance."""

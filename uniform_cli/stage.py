@@ -1,0 +1,299 @@
+"""What every data stage shares: status tables, sharding, failure caps, workers, progress and summary.
+
+A stage keeps no hidden state. It appends one CSV row per finished item to its status table
+(`ROOT/{stage}.csv`, or `ROOT/{stage}.shard-I-of-N.csv` when sharded); the last row of a key wins, so a
+rerun knows what is done. A killed run can leave at most one partial last line, which is ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+import zlib
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+OK = "ok"
+
+
+class StageError(Exception):
+    """An item failed for a known reason: `status` is the word recorded in the status table."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class TooManyFailures(RuntimeError):
+    """The failure cap was passed; the run stops so that a systematic problem is noticed."""
+
+
+@dataclass
+class ItemResult:
+    """What a stage's work function returns for one item (failures are raised as StageError)."""
+
+    key: str
+    status: str = OK
+    error: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the work: items whose key hashes to `index` modulo `count`."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"bad shard {self.index}/{self.count}: need 0 <= I < N")
+
+    def owns(self, key: str) -> bool:
+        return zlib.crc32(key.encode()) % self.count == self.index
+
+    @property
+    def suffix(self) -> str:
+        """'' for a single shard, '.shard-I-of-N' otherwise (used in status-table names)."""
+        return "" if self.count == 1 else f".shard-{self.index}-of-{self.count}"
+
+
+def parse_shard(text: str | None, env: dict[str, str] | None = None) -> Shard:
+    """`--shard I/N`, else torchrun's RANK/WORLD_SIZE, else SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT."""
+    env = os.environ if env is None else env
+    if text:
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like I/N (e.g. 0/4), not {text!r}") from None
+        return Shard(i, n)
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]))
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return Shard(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
+    return Shard()
+
+
+# ---------------------------------------------------------------------------------------- status tables
+
+
+class StatusTable:
+    """Append-only CSV of item results with fixed columns `key,status,error,<fields...>`."""
+
+    def __init__(self, path: str | Path, fields: Sequence[str]):
+        self.path = Path(path)
+        self.columns = ["key", "status", "error", *fields]
+        self.rows: dict[str, dict[str, str]] = {}
+        if self.path.exists():
+            self.rows = _read_rows(self.path)
+        self._file = None
+
+    def status(self, key: str) -> str | None:
+        row = self.rows.get(key)
+        return row["status"] if row else None
+
+    def record(self, result: ItemResult) -> None:
+        row = {"key": result.key, "status": result.status, "error": result.error.replace("\n", " ")}
+        row.update({k: _cell(v) for k, v in result.fields.items()})
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f"{self.path.name}: fields {sorted(unknown)} are not columns {self.columns}")
+        self.rows[result.key] = row
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._file = open(self.path, "a", newline="", encoding="utf-8")
+            if not new:
+                self._file.write("\n")  # a killed run may have left a partial line; start clean
+            else:
+                csv.writer(self._file).writerow(self.columns)
+        buf = io.StringIO()
+        csv.writer(buf).writerow([row.get(c, "") for c in self.columns])
+        self._file.write(buf.getvalue())
+        self._file.flush()
+
+    def compact(self) -> None:
+        """Rewrite the table with one row per key, atomically."""
+        from uniform_cli.atomic import atomic_path
+
+        self.close()
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+                writer.writeheader()
+                for row in self.rows.values():
+                    writer.writerow({c: row.get(c, "") for c in self.columns})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else str(v)
+
+
+def _read_rows(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of a status CSV, last row per key winning; blank and partial lines skipped."""
+    rows: dict[str, dict[str, str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            return rows
+        for rec in reader:
+            if len(rec) != len(header) or not rec[0]:
+                continue
+            row = dict(zip(header, rec))
+            rows[row["key"]] = row
+    return rows
+
+
+def read_status(root: str | Path, stage: str) -> dict[str, dict[str, str]]:
+    """Merge a stage's status tables (`{stage}.csv` and every shard's) into one row per key."""
+    root = Path(root)
+    rows: dict[str, dict[str, str]] = {}
+    for path in sorted(root.glob(f"{stage}.csv")) + sorted(root.glob(f"{stage}.shard-*.csv")):
+        rows.update(_read_rows(path))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ failure caps
+
+
+@dataclass
+class FailureGuard:
+    """Stops a run whose failures pass a rate (judged after `min_items`) or a run of failures in a row."""
+
+    max_rate: float = 0.5
+    min_items: int = 50
+    max_consecutive: int = 100
+    done: int = 0
+    failed: int = 0
+    consecutive: int = 0
+
+    def update(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += not ok
+        self.consecutive = 0 if ok else self.consecutive + 1
+        if self.consecutive >= self.max_consecutive:
+            raise TooManyFailures(
+                f"{self.consecutive} items failed in a row; stopping (see the status table; "
+                "raise the limit with --max-consecutive-failures if this is expected)"
+            )
+        if self.done >= self.min_items and self.failed / self.done > self.max_rate:
+            raise TooManyFailures(
+                f"{self.failed} of {self.done} items failed ({self.failed / self.done:.0%} > "
+                f"--max-failures {self.max_rate:.0%}); stopping (see the status table)"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+
+def _call(work: Callable[[Any], ItemResult], item: Any, key: str) -> ItemResult:
+    """Run one item; a StageError becomes its status, any other exception the status 'error'."""
+    try:
+        return work(item)
+    except StageError as e:
+        return ItemResult(key, e.status, str(e))
+    except Exception as e:  # one bad item never stops the run
+        return ItemResult(key, "error", f"{type(e).__name__}: {e}")
+
+
+def run_items(
+    items: Sequence[Any],
+    work: Callable[[Any], ItemResult],
+    table: StatusTable,
+    *,
+    key: Callable[[Any], str] = lambda item: item.key,
+    workers: int = 1,
+    guard: FailureGuard | None = None,
+    description: str = "working",
+    on_result: Callable[[ItemResult], None] | None = None,
+) -> Counter:
+    """Run `work` on every item (in `workers` processes when > 1), recording each result as it ends.
+
+    `work` must be a picklable top-level function when workers > 1. Returns a Counter of statuses.
+    Raises TooManyFailures when `guard` trips; results recorded so far stay in the table.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    guard = guard or FailureGuard()
+    counts: Counter = Counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=True) as progress:
+        bar = progress.add_task(description, total=len(items))
+
+        def finish(result: ItemResult) -> None:
+            table.record(result)
+            counts[result.status] += 1
+            if on_result:
+                on_result(result)
+            progress.advance(bar)
+            guard.update(result.status == OK)
+
+        try:
+            if workers <= 1:
+                for item in items:
+                    finish(_call(work, item, key(item)))
+            else:
+                with ProcessPoolExecutor(workers) as pool:
+                    pending: set[Future] = set()
+                    queue = iter(items)
+                    for item in queue:  # keep at most 2 x workers in flight
+                        pending.add(pool.submit(_call, work, item, key(item)))
+                        if len(pending) >= 2 * workers:
+                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            for fut in done:
+                                finish(fut.result())
+                    for fut in _as_done(pending):
+                        finish(fut.result())
+        finally:
+            table.close()
+    return counts
+
+
+def _as_done(futures: Iterable[Future]) -> Iterable[Future]:
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        yield from done
+
+
+def print_summary(stage: str, counts: Counter, skipped: int, table: StatusTable, seconds: float, where: str) -> None:
+    """One screen: done / skipped / failed by reason, the most common errors, and where the files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title=f"uniform {stage}: {sum(counts.values())} items in {seconds:.1f} s", show_header=True)
+    summary.add_column("status")
+    summary.add_column("items", justify="right")
+    for status, n in sorted(counts.items(), key=lambda kv: (kv[0] != OK, -kv[1])):
+        summary.add_row(status, str(n))
+    if skipped:
+        summary.add_row("skipped (done before)", str(skipped))
+    console.print(summary)
+    errors = Counter(row["error"][:120] for row in table.rows.values() if row["status"] != OK and row["error"])
+    for message, n in errors.most_common(5):
+        console.print(f"  [red]{n} x[/red] {message}")
+    console.print(f"status table: {table.path}\noutputs: {where}")
+
+
+def timer() -> Callable[[], float]:
+    """Seconds since the call, as a function."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0

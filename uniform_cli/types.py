@@ -1,0 +1,66 @@
+"""Small typed bundles that travel between stages: tasks, latents and media."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+class Task(enum.IntEnum):
+    """The three UniForm tasks; the value is the id fed to the task-token embedding."""
+
+    T2AV = 0  # generate video and audio (from text, or from nothing)
+    A2V = 1  # audio given, generate video
+    V2A = 2  # video given, generate audio
+
+    @classmethod
+    def parse(cls, name: str) -> "Task":
+        """'t2av' / 'a2v' / 'v2a' (any case) to a Task; a clear ValueError otherwise."""
+        try:
+            return cls[name.strip().upper()]
+        except KeyError:
+            choices = ", ".join(t.name.lower() for t in cls)
+            raise ValueError(f"unknown task {name!r}; choose one of {choices}") from None
+
+
+@dataclass
+class Latents:
+    """Video and audio latents of a batch.
+
+    video: `B C F H W` (Open-Sora VAE: 4 x 20 x 32 x 32 for a 4 s clip)
+    audio: `B C T M`   (AudioLDM VAE: 8 x 100 x 16; T = time rows, M = mel bins)
+    """
+
+    video: torch.Tensor
+    audio: torch.Tensor
+
+    def map(self, fn: Callable[..., torch.Tensor], *others: "Latents") -> "Latents":
+        """Apply `fn(video, *other_videos)` and `fn(audio, *other_audios)`."""
+        return Latents(
+            video=fn(self.video, *(o.video for o in others)),
+            audio=fn(self.audio, *(o.audio for o in others)),
+        )
+
+    def to(self, *args, **kwargs) -> "Latents":
+        return self.map(lambda x: x.to(*args, **kwargs))
+
+    @property
+    def batch_size(self) -> int:
+        return self.video.shape[0]
+
+
+@dataclass
+class Media:
+    """A prepared clip: what `clip` writes and what the codecs encode.
+
+    video: uint8 `F H W 3` (68 x 256 x 256 x 3 at the paper's settings)
+    audio: float32 `S` mono samples in [-1, 1] (64,000 at 16 kHz)
+    """
+
+    video: "numpy.ndarray"  # noqa: F821 (numpy imported lazily by users)
+    audio: "numpy.ndarray"  # noqa: F821
+    fps: float
+    sample_rate: int
