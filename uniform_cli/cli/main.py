@@ -6,6 +6,10 @@ Subcommand modules import only typer at the top and the heavy libraries inside t
 
 import typer
 
+from uniform_cli.cli import caption, clip, encode, fetch
+from uniform_cli.cli import eval as eval_cmd
+from uniform_cli.cli import train
+
 app = typer.Typer(
     name="uniform",
     help="UniForm: prepare data for, train and run one diffusion transformer for audio and video.",
@@ -14,8 +18,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _group() -> None:
+    """UniForm: prepare data for, train and run one diffusion transformer for audio and video."""
+
+
 # Subcommands, in pipeline order (one line each: app.command(name)(module.function)).
 # -- subcommands --
+app.command("fetch")(fetch.main)
+app.command("clip")(clip.main)
+app.command("caption")(caption.main)
+app.command("encode")(encode.main)
+app.command("train")(train.main)
+app.command("eval")(eval_cmd.main)
 
 if __name__ == "__main__":
     app()

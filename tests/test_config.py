@@ -1,0 +1,62 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from uniform_cli.config import ConfigError, load_recipe, recipe_from_dict, recipe_to_toml
+
+RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_parses_and_round_trips(path):
+    recipe = load_recipe(path)
+    assert recipe_from_dict(tomllib.loads(recipe_to_toml(recipe))) == recipe
+    assert path.read_text().startswith("#"), "every recipe starts with a comment header"
+
+
+def test_multitask_recipe_is_the_paper():
+    r = load_recipe(Path(__file__).parents[1] / "recipes/multitask.toml")
+    assert (r.model.hidden_size, r.model.depth, r.model.num_heads) == (1152, 28, 16)
+    assert (r.train.batch_size, r.train.lr, r.train.warmup_steps) == (32, 1e-4, 1000)
+    assert r.data.text_drop == 0.5
+    assert (r.data.fps, r.data.size, r.data.num_frames, r.data.num_samples) == (17, 256, 68, 64000)
+    assert r.diffusion.num_timesteps == 1000
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\npreset = "debug"\ndeepth = 3\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml.*model\.deepth"):
+        load_recipe(path)
+    path.write_text("[trian]\nsteps = 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*\[trian\]"):
+        load_recipe(path)
+
+
+def test_wrong_types_and_cross_field_checks(tmp_path):
+    with pytest.raises(ConfigError, match="train.steps must be int"):
+        recipe_from_dict({"train": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="not a multiple of micro_batch"):
+        recipe_from_dict({"train": {"batch_size": 5, "micro_batch": 2}})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        recipe_from_dict({"model": {"preset": "XXL/9"}})
+    with pytest.raises(ConfigError, match="unknown tasks"):
+        recipe_from_dict({"data": {"task_weights": {"t2v": 1.0}}})
+
+
+def test_preset_then_overrides(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[model]\npreset = "XL/2"\ndepth = 4\n')
+    r = load_recipe(path, ["model.num_heads=8", "train.lr=3e-4", 'data.shards=["a", "b"]', "train.name=run-7"])
+    assert (r.model.hidden_size, r.model.depth, r.model.num_heads) == (1152, 4, 8)
+    assert r.train.lr == 3e-4 and r.data.shards == ["a", "b"] and r.train.name == "run-7"
+    with pytest.raises(ConfigError, match="model.nope"):
+        load_recipe(path, ["model.nope=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_recipe(path, ["model.depth"])
+
+
+def test_float_fields_accept_ints_and_tuples_accept_lists():
+    r = recipe_from_dict({"train": {"lr": 1, "adam_betas": [0.9, 0.95]}, "model": {"patch_size": [1, 2, 2]}})
+    assert isinstance(r.train.lr, float) and r.train.adam_betas == (0.9, 0.95) and r.model.patch_size == (1, 2, 2)

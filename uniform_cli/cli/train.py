@@ -1,0 +1,57 @@
+"""`uniform train`: multitask training with DeepSpeed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def main(
+    recipe: Path = typer.Argument(..., help="Recipe TOML, e.g. recipes/multitask.toml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set model.depth=2 (repeatable)."),
+    resume: Optional[str] = typer.Option(None, help="Continue from 'latest' or a checkpoint folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, print what would train, and exit."),
+    local_rank: int = typer.Option(0, "--local_rank", hidden=True, help="Set by the deepspeed launcher."),
+) -> None:
+    """Train UniForm on latent shards (T2AV, A2V and V2A together).
+
+    Example: uniform train recipes/multitask.toml --set train.micro_batch=4
+
+    Several GPUs: deepspeed --num_gpus 8 $(which uniform) train recipes/multitask.toml
+    """
+    from rich.console import Console
+
+    from uniform_cli.config import ConfigError, load_recipe, recipe_to_toml
+
+    console = Console()
+    try:
+        cfg = load_recipe(recipe, set_)
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    if dry_run:
+        import torch
+
+        from uniform_cli.model.uniform import build_model, flops_per_sample, num_parameters, num_tokens
+
+        with torch.device("meta"):
+            params = num_parameters(build_model(cfg.model))
+        console.print(recipe_to_toml(cfg), markup=False, highlight=False)
+        console.print(
+            f"parameters: {params:,} ({params / 1e9:.3f} B)\n"
+            f"tokens per sample: {num_tokens(cfg.model):,}\n"
+            f"forward TFLOPs per sample: {flops_per_sample(cfg.model) / 1e12:.2f}\n"
+            f"global batch: {cfg.train.batch_size} (micro-batch {cfg.train.micro_batch} per GPU)"
+        )
+        return
+
+    from uniform_cli.latents.loader import ShardError
+    from uniform_cli.train.loop import TrainingError, train
+
+    try:
+        train(cfg, resume=resume)
+    except (ShardError, TrainingError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1)

@@ -1,0 +1,117 @@
+"""Caption -> token embeddings with a transformers text encoder (T5-v1.1-XXL by default).
+
+A checkpoint is a hub id (read from the local Hugging Face cache only) or a folder holding the model's
+config.json + weights and its tokenizer files, as `save_pretrained` writes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from uniform_cli.latents.codecs import CodecError
+
+DEFAULT_TEXT_ENCODER = "DeepFloyd/t5-v1_1-xxl"
+
+# model types whose encoder loads on its own as `T5EncoderModel` (no decoder weights in memory)
+_T5_FAMILY = {"t5", "mt5", "umt5"}
+
+_PROBE = "a the and"  # words every English vocabulary holds
+
+
+def _looks_like_path(id_or_path: str) -> bool:
+    return id_or_path.startswith(("/", "./", "../", "~")) or Path(id_or_path).expanduser().exists()
+
+
+class TextEncoder:
+    """Tokenizer + encoder: `__call__(texts)` -> (embeddings `B L D` float32, mask `B L` bool).
+
+    Captions are padded to the longest one in the batch; a caption longer than `max_length` tokens is cut at
+    `max_length` (the paper's 300), the only place where text is truncated. Embeddings at padded positions are
+    zeroed, and the valid positions do not depend on the padding (the encoder's attention mask hides it).
+    """
+
+    def __init__(self, tokenizer, model: torch.nn.Module, max_length: int = 300, micro_batch: int = 32) -> None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.max_length = max_length
+        self.micro_batch = micro_batch
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        id_or_path: str | Path = DEFAULT_TEXT_ENCODER,
+        max_length: int = 300,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        micro_batch: int = 32,
+    ) -> "TextEncoder":
+        """Load the tokenizer and the encoder; T5-family models load only their encoder (`T5EncoderModel`).
+
+        Raises CodecError saying what to download and where when the model or its tokenizer is missing.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+
+        source = str(id_or_path)
+        hint = (
+            f"download it with `hf download {source if not _looks_like_path(source) else DEFAULT_TEXT_ENCODER}` "
+            f"(it goes into the Hugging Face cache, $HF_HOME), or pass a folder holding config.json, the weights "
+            f"and the tokenizer files"
+        )
+        if _looks_like_path(source):
+            folder = Path(source).expanduser()
+            if not (folder / "config.json").is_file():
+                raise CodecError(f"text encoder folder {folder} lacks config.json; {hint}")
+            source = str(folder)
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            if config.model_type in _T5_FAMILY:
+                model = T5EncoderModel.from_pretrained(source, local_files_only=True, dtype=dtype)
+            else:
+                model = AutoModel.from_pretrained(source, local_files_only=True, dtype=dtype)
+                if getattr(model.config, "is_encoder_decoder", False):
+                    model = model.get_encoder()
+        except (OSError, ValueError) as err:
+            raise CodecError(f"cannot load the text encoder {source!r} ({err}); {hint}") from err
+        if tokenizer.pad_token is None:
+            raise CodecError(f"the tokenizer of {source!r} has no pad token; batched captions need one")
+        # transformers builds a placeholder vocabulary when the tokenizer files are absent; catch it here
+        probe = tokenizer(_PROBE)["input_ids"]
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in probe:
+            raise CodecError(
+                f"the tokenizer of {source!r} maps common words to {tokenizer.unk_token!r}: its tokenizer files "
+                f"(tokenizer.json, spiece.model, ...) are missing or wrong; {hint}"
+            )
+        return cls(tokenizer, model.to(device), max_length=max_length, micro_batch=micro_batch)
+
+    @property
+    def dim(self) -> int:
+        """Width D of the embeddings (4096 for T5-v1.1-XXL)."""
+        config = self.model.config
+        return int(getattr(config, "d_model", None) or config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (embeddings `B L D` float32, mask `B L` bool), L = longest caption in tokens, at most max_length."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("TextEncoder expects a list of caption strings")
+        if not texts:
+            raise ValueError("TextEncoder got no captions")
+        tokens = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        ids = tokens["input_ids"].to(self.device)  # B L
+        mask = tokens["attention_mask"].to(self.device).bool()  # B L
+        outs = []
+        for ids_chunk, mask_chunk in zip(ids.split(self.micro_batch), mask.split(self.micro_batch)):
+            hidden = self.model(input_ids=ids_chunk, attention_mask=mask_chunk).last_hidden_state  # B L D
+            outs.append(hidden.float() * mask_chunk[..., None])
+        return torch.cat(outs), mask

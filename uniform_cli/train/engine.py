@@ -1,0 +1,89 @@
+"""The DeepSpeed engine, built from the typed train settings in one place."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from uniform_cli.config import TrainConfig
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or, for a single process, create) the process group; returns (rank, world size).
+
+    Works under `deepspeed`, `torchrun` and a plain `uniform train` (world size 1). NCCL on CUDA, gloo on CPU.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DeepSpeed's JSON config from the train settings; the recipe's raw `[deepspeed]` table wins."""
+    per_step = cfg.micro_batch * world_size
+    if cfg.batch_size % per_step:
+        raise ValueError(
+            f"train.batch_size {cfg.batch_size} is not a multiple of micro_batch x GPUs = "
+            f"{cfg.micro_batch} x {world_size}"
+        )
+    config: dict[str, Any] = {
+        "train_batch_size": cfg.batch_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.batch_size // per_step,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(config, raw or {})
+
+
+def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int, raw: dict[str, Any] | None = None):
+    """Wrap `model` in a DeepSpeed engine with AdamW (FusedAdam on CUDA) and linear warmup to a constant lr."""
+    import deepspeed
+
+    config = deepspeed_config(cfg, world_size, raw)
+    params = [p for p in model.parameters() if p.requires_grad]
+    adam = {"lr": cfg.lr, "betas": list(cfg.adam_betas), "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay}
+    if torch.cuda.is_available() and "optimizer" not in config:
+        from deepspeed.ops.adam import FusedAdam
+
+        optimizer = FusedAdam(params, adam_w_mode=True, **adam)
+    elif "optimizer" in config:
+        optimizer = None  # the raw [deepspeed] table chose one
+    else:
+        optimizer = torch.optim.AdamW(params, **adam)
+    warmup = max(cfg.warmup_steps, 0)
+
+    def schedule(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=params if optimizer is None else None,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=config,
+    )
+    return engine
