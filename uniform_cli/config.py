@@ -155,10 +155,10 @@ class TrainConfig:
     """Folder that holds runs."""
     steps: int = 100
     """Optimizer steps in total."""
+    batch_size: int = 4
+    """Global batch per optimizer step (all GPUs); gradient accumulation = batch_size / (micro_batch x GPUs)."""
     micro_batch: int = 2
     """Samples per GPU per forward."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
     lr: float = 1e-4
     """Learning rate after warmup (constant)."""
     warmup_steps: int = 0
@@ -194,6 +194,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
+        if self.batch_size % self.micro_batch:
+            raise ConfigError(f"train.batch_size {self.batch_size} is not a multiple of micro_batch {self.micro_batch}")
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"train.precision must be 'bf16' or 'fp32', not {self.precision!r}")
 

@@ -13,7 +13,7 @@ import os
 import time
 import zlib
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -110,11 +110,11 @@ class StatusTable:
         self.rows[result.key] = row
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                _drop_partial_tail(self.path)  # a killed run may have left a partial last row
             new = not self.path.exists() or self.path.stat().st_size == 0
             self._file = open(self.path, "a", newline="", encoding="utf-8")
-            if not new:
-                self._file.write("\n")  # a killed run may have left a partial line; start clean
-            else:
+            if new:
                 csv.writer(self._file).writerow(self.columns)
         buf = io.StringIO()
         csv.writer(buf).writerow([row.get(c, "") for c in self.columns])
@@ -139,6 +139,20 @@ class StatusTable:
             self._file = None
 
 
+def _drop_partial_tail(path: Path) -> None:
+    """Cut the file after its last line break, so that appended rows never join a partial one."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+        cut = tail.rfind(b"\n")
+        if cut == -1 and size > len(tail):
+            return  # a row longer than 64 KiB: leave it; the reader skips it
+        keep = size - len(tail) + cut + 1
+        if keep < size:
+            f.truncate(keep)
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -149,15 +163,19 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
     """Rows of a status CSV, last row per key winning; blank and partial lines skipped."""
     rows: dict[str, dict[str, str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            return rows
-        for rec in reader:
-            if len(rec) != len(header) or not rec[0]:
-                continue
-            row = dict(zip(header, rec))
-            rows[row["key"]] = row
+        text = f.read()
+    # Every complete row ends with a line break: text after the last one is a row cut off by a kill,
+    # even when it happens to have the right number of fields.
+    text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        return rows
+    for rec in reader:
+        if len(rec) != len(header) or not rec[0]:
+            continue
+        row = dict(zip(header, rec))
+        rows[row["key"]] = row
     return rows
 
 
@@ -220,13 +238,15 @@ def run_items(
     *,
     key: Callable[[Any], str] = lambda item: item.key,
     workers: int = 1,
+    threads: bool = False,
     guard: FailureGuard | None = None,
     description: str = "working",
     on_result: Callable[[ItemResult], None] | None = None,
 ) -> Counter:
     """Run `work` on every item (in `workers` processes when > 1), recording each result as it ends.
 
-    `work` must be a picklable top-level function when workers > 1. Returns a Counter of statuses.
+    `work` must be a picklable top-level function when workers > 1, unless `threads` (for I/O-bound work:
+    worker threads that can share in-process state such as a rate limiter). Returns a Counter of statuses.
     Raises TooManyFailures when `guard` trips; results recorded so far stay in the table.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -250,7 +270,7 @@ def run_items(
                 for item in items:
                     finish(_call(work, item, key(item)))
             else:
-                with ProcessPoolExecutor(workers) as pool:
+                with (ThreadPoolExecutor if threads else ProcessPoolExecutor)(workers) as pool:
                     pending: set[Future] = set()
                     queue = iter(items)
                     for item in queue:  # keep at most 2 x workers in flight

@@ -1,0 +1,274 @@
+"""fetch against a loopback HTTP server: range downloads, every failure class, retries and resume."""
+
+import http.server
+import re
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from yt_dlp.networking.exceptions import HTTPError
+from yt_dlp.networking.common import Response
+from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError
+
+from tests.fixtures.av_corpus import make_media
+from uniform_cli.media.prepare import prepare_media
+from uniform_cli.prep import fetch as F
+from uniform_cli.prep.manifest import ManifestItem
+from uniform_cli.stage import read_status
+
+FLASH = 7.0  # seconds into the served video
+
+
+class Server:
+    """127.0.0.1 server for one video with Range support and per-path misbehaviour.
+
+    /ok/*: always fine; /missing/*: 404; /forbidden/*: 403; /busy/*: 429 + Retry-After: 1 once, then fine;
+    /flaky/*: 500 once, then fine; /down/*: always 503; /cut/*: the first ranged download is cut mid-file.
+    """
+
+    def __init__(self, video: bytes):
+        self.video = video
+        self.hits: Counter = Counter()
+        self.log: list[tuple[float, str]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.handle(self)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def handle(self, h):
+        kind = h.path.split("/")[1]
+        self.hits[kind] += 1
+        self.log.append((time.monotonic(), h.path))
+        first = self.hits[kind] == 1
+        if kind == "missing":
+            return h.send_error(404)
+        if kind == "forbidden":
+            return h.send_error(403)
+        if kind == "down" or (kind == "flaky" and first):
+            return h.send_error(503 if kind == "down" else 500)
+        if kind == "busy" and first:
+            h.send_response(429)
+            h.send_header("Retry-After", "1")
+            h.send_header("Content-Length", "0")
+            return h.end_headers()
+        data, start = self.video, 0
+        end = len(data) - 1
+        ranged = h.headers.get("Range")
+        if ranged:
+            m = re.match(r"bytes=(\d+)-(\d*)", ranged)
+            start, end = int(m[1]), int(m[2]) if m[2] else end
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        else:
+            h.send_response(200)
+        h.send_header("Content-Type", "video/mp4")
+        h.send_header("Accept-Ranges", "bytes")
+        h.send_header("Content-Length", str(end - start + 1))
+        h.end_headers()
+        body = data[start : end + 1]
+        if kind == "cut" and ranged and self.hits["cut-ranged"] == 0:
+            self.hits["cut-ranged"] += 1
+            body = body[: len(body) // 3]  # then the connection closes: a cut download
+        try:
+            h.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        if kind == "cut" and len(body) < end - start + 1:
+            h.close_connection = True
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    path = make_media(tmp_path_factory.mktemp("src") / "source.mp4", seconds=12.0, fps=24, gop=12,
+                      flash_at=FLASH, click_at=FLASH, sample_rate=16000)
+    srv = Server(path.read_bytes())
+    yield srv
+    srv.close()
+
+
+def item(server, kind, key=None, start=5.0):
+    return ManifestItem(key or kind, f"{server.base}/{kind}/video.mp4", start, None)
+
+
+def options(root, **kw):
+    return F.FetchOptions(root=str(root), seconds=4.0, margin=1.0, retries=2, backoff=0.05, **kw)
+
+
+def test_range_download_lands_where_clip_expects_it(server, tmp_path):
+    result = F.fetch_item(item(server, "ok", start=5.0), options(tmp_path), F.RateLimiter(None))
+    assert result.status == "ok", result.error
+    assert result.fields["path"] == "raw/ok.mp4" and result.fields["offset"] == 4.0
+    raw = tmp_path / "raw" / "ok.mp4"
+    assert raw.stat().st_size < len(server.video)  # only the range, not the whole file
+    # The flash (source 7.0 s) is 2.0 s into the clip that starts at source 5.0 = file 5.0 - offset.
+    clip = prepare_media(raw, start=5.0 - result.fields["offset"])
+    flash = np.argmax(clip.video.mean(axis=(1, 2, 3))) / 17
+    click = np.argmax(np.abs(clip.audio)) / 16000
+    assert abs(flash - 2.0) <= 1 / 17 and abs(click - 2.0) <= 1 / 17
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["ok.mp4"]  # no temp files left
+
+
+@pytest.mark.parametrize("kind, status", [("missing", "unavailable"), ("forbidden", "forbidden")])
+def test_permanent_failures_are_not_retried(server, tmp_path, kind, status):
+    before = server.hits[kind]
+    result = F.fetch_item(item(server, kind), options(tmp_path), F.RateLimiter(None))
+    assert result.status == status and result.fields["attempts"] == 1
+    assert server.hits[kind] == before + 1
+    assert status in F.PERMANENT
+
+
+def test_429_waits_for_retry_after_then_succeeds(server, tmp_path):
+    t0 = time.monotonic()
+    result = F.fetch_item(item(server, "busy"), options(tmp_path), F.RateLimiter(None))
+    assert result.status == "ok" and result.fields["attempts"] == 2
+    times = [t for t, p in server.log if p.startswith("/busy/")]
+    assert times[1] - times[0] >= 1.0  # Retry-After: 1 honoured although the backoff is 0.05 s
+    assert time.monotonic() - t0 >= 1.0
+
+
+def test_500_then_200_and_cut_connection_are_retried(server, tmp_path):
+    flaky = F.fetch_item(item(server, "flaky"), options(tmp_path), F.RateLimiter(None))
+    assert flaky.status == "ok" and flaky.fields["attempts"] == 2
+    cut = F.fetch_item(item(server, "cut"), options(tmp_path), F.RateLimiter(None))
+    assert cut.status == "ok" and cut.fields["attempts"] >= 2, cut.error
+    clip = prepare_media(tmp_path / "raw" / "cut.mp4", start=1.0)
+    assert clip.video.shape == (68, 256, 256, 3)
+
+
+def test_run_records_statuses_and_a_rerun_resumes(server, tmp_path):
+    local = make_media(tmp_path / "mine.mp4", seconds=5.0)
+    items = [
+        item(server, "ok", "good"),
+        item(server, "missing", "gone"),
+        item(server, "down", "down"),
+        ManifestItem("-local", str(local), 0.0, None),
+    ]
+    counts, skipped, table = F.run_fetch(items, tmp_path, options(tmp_path, ), workers=3, rate_limit=50.0)
+    assert counts == Counter({"ok": 1, "unavailable": 1, "server_error": 1, "local": 1}) and skipped == 0
+    rows = read_status(tmp_path, "fetch")
+    assert rows["-local"]["path"] == str(local)  # used in place, never downloaded
+    assert rows["down"]["error"].startswith("HTTP Error 503") or "503" in rows["down"]["error"]
+    assert not (tmp_path / "raw" / "-local.mp4").exists()
+    hits = Counter(server.hits)
+    counts, skipped, table = F.run_fetch(items, tmp_path, options(tmp_path), workers=2, rate_limit=50.0)
+    assert counts == Counter({"server_error": 1}) and skipped == 3  # only the transient failure again
+    assert server.hits["missing"] == hits["missing"] and server.hits["ok"] == hits["ok"]
+    (tmp_path / "raw" / "good.mp4").unlink()  # a done item whose file went missing is fetched again
+    counts, _, _ = F.run_fetch(items[:1], tmp_path, options(tmp_path), rate_limit=50.0)
+    assert counts == Counter({"ok": 1})
+
+
+def test_classify_from_exc_info_and_messages():
+    def http_error(status, headers=None):
+        response = Response(None, "http://x", headers or {}, status=status)
+        try:
+            raise HTTPError(response)
+        except HTTPError:
+            import sys
+
+            return DownloadError("ERROR: HTTP Error", sys.exc_info())
+
+    assert F.classify_error(http_error(404)).status == "unavailable"
+    limited = F.classify_error(http_error(429, {"Retry-After": "7"}))
+    assert limited.status == "rate_limited" and limited.retry_after == 7 and limited.transient
+    assert F.classify_error(http_error(502)).transient
+    wrapped = ExtractorError("Unable to download webpage", cause=GeoRestrictedError("blocked"))
+    assert F.classify_error(DownloadError("ERROR: blocked", (type(wrapped), wrapped, None))).status == "geo_blocked"
+    messages = {
+        "ERROR: [youtube] abc: Private video. Sign in if you've been granted access": "private",
+        "ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader": "unavailable",
+        "ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate": "age_restricted",
+        "ERROR: [youtube] abc: Sign in to confirm you're not a bot": "bot_check",
+        "ERROR: The uploader has not made this video available in your country": "geo_blocked",
+        "ERROR: unable to download video data: <urlopen error timed out>": "network_error",
+    }
+    for message, status in messages.items():
+        assert F.classify_error(DownloadError(message)).status == status, message
+    assert F.parse_retry_after("120") == 120 and F.parse_retry_after("soon") is None
+
+
+def test_format_selection_prefers_the_smallest_mp4_with_short_side_256():
+    formats = [
+        {"format_id": "140", "vcodec": "none", "acodec": "mp4a", "ext": "m4a", "abr": 128},
+        {"format_id": "251", "vcodec": "none", "acodec": "opus", "ext": "webm", "abr": 160},
+        {"format_id": "160", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 256, "height": 144},
+        {"format_id": "134", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 640, "height": 360},
+        {"format_id": "243", "vcodec": "vp9", "acodec": "none", "ext": "webm", "width": 640, "height": 360},
+        {"format_id": "137", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 1920, "height": 1080},
+        {"format_id": "18", "vcodec": "avc1", "acodec": "mp4a", "ext": "mp4", "width": 640, "height": 360},
+    ]
+    (chosen,) = F.select_format({"formats": formats})
+    assert chosen["format_id"] == "134+140"
+    portrait = [{"format_id": "v", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 360, "height": 640},
+                {"format_id": "s", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 144, "height": 256},
+                formats[0]]
+    assert next(F.select_format({"formats": portrait}))["format_id"] == "v+140"  # short side is the width
+    small = [formats[0], formats[2]]
+    assert next(F.select_format({"formats": small}))["format_id"] == "160+140"  # the best there is
+    direct = [{"format_id": "0", "url": "http://x/v.mp4", "ext": "mp4"}]
+    assert next(F.select_format({"formats": direct}))["format_id"] == "0"
+
+
+def test_rate_limiter_is_shared_by_threads():
+    limiter = F.RateLimiter(20.0)
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=limiter.wait) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - t0 >= 5 / 20 - 0.01
+    limiter.pause(0.3)
+    t1 = time.monotonic()
+    limiter.wait()
+    assert time.monotonic() - t1 >= 0.25
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    import random
+
+    rng = random.Random(0)
+    delays = [F.backoff_delay(a, 1.0, 10.0, rng) for a in range(6)]
+    assert 0.5 <= delays[0] <= 1.0 and 4.0 <= delays[3] <= 8.0 and all(d <= 10.0 for d in delays)
+
+
+def test_missing_ffmpeg_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(F.FetchSetupError, match="apt install ffmpeg"):
+        F.require_ffmpeg()
+
+
+def test_only_http_reaches_yt_dlp_and_keys_stay_under_root(tmp_path):
+    with pytest.raises(Exception, match="http"):
+        F.download_once(ManifestItem("k", "/etc/passwd", 0.0, None), options(tmp_path))
+    with pytest.raises(Exception, match="outside"):
+        F.raw_path(tmp_path, "../evil")
+    assert F.raw_path(tmp_path, "-abc_000030").name == "-abc_000030.mp4"
+
+
+def test_cli_records_local_files_without_downloading(tmp_path):
+    from typer.testing import CliRunner
+
+    from uniform_cli.cli.main import app
+
+    make_media(tmp_path / "a.mp4", seconds=4.5)
+    manifest = tmp_path / "mine.csv"
+    manifest.write_text("id,url,start,end,label,split\n-a,a.mp4,0,,dog,train\n")
+    result = CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert read_status(tmp_path / "data", "fetch")["-a"]["status"] == "local"
+    result = CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")])
+    assert "skipped" in result.output  # done before

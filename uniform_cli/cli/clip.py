@@ -1,0 +1,69 @@
+"""`uniform clip`: cut every item into exact 4 s, 17 fps, 256x256 clips with 16 kHz mono audio."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def main(
+    source: Path = typer.Argument(..., help="A manifest (VGGSound or toolkit CSV) or a folder of media files."),
+    root: Optional[Path] = typer.Option(None, help="Data root; default data/<manifest or folder name>/."),
+    workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
+    shard: Optional[str] = typer.Option(None, help="I/N: this process's share (default from RANK/WORLD_SIZE or SLURM)."),
+    fps: int = typer.Option(17, help="Frames per second of the clip."),
+    size: int = typer.Option(256, help="Clip side in pixels (short side scaled, centre crop)."),
+    seconds: float = typer.Option(4.0, help="Clip length in seconds."),
+    sample_rate: int = typer.Option(16000, help="Audio sample rate of the clip."),
+    allow_short: bool = typer.Option(False, help="Pad sources shorter than the clip (recorded in the 'padded' column)."),
+    allow_silence: bool = typer.Option(False, help="Write silence for sources without audio (recorded in 'silent')."),
+    timeout: float = typer.Option(120.0, help="Per-item time limit in seconds (status 'timeout')."),
+    max_failures: float = typer.Option(0.5, help="Stop when more than this fraction of items has failed (after 50)."),
+    max_consecutive_failures: int = typer.Option(100, help="Stop after this many failures in a row."),
+) -> None:
+    """Write ROOT/clips/{key}.mp4 (H.264) and ROOT/clips/{key}.wav (16-bit PCM) for every item.
+
+    Remote items are read from what `uniform fetch` downloaded; local paths and folder files directly.
+    Every item ends in ROOT/clips.csv with a status (ok, too_short, late_audio, no_audio, no_video,
+    decode_error, timeout); a rerun skips ok items and retries the rest.
+
+    Examples: uniform clip manifests/vggsound.csv --workers 8
+              uniform clip my_videos/ --root data/mine
+    """
+    from uniform_cli.media.prepare import ClipSpec
+    from uniform_cli.prep.clip import ClipOptions, run_clip
+    from uniform_cli.prep.manifest import ManifestError, default_root, read_items
+    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard, print_summary, timer
+
+    elapsed = timer()
+    try:
+        part = parse_shard(shard)
+        items = [item for item in read_items(source) if part.owns(item.key)]
+        root = root or default_root(source)
+        workers = workers or os.cpu_count() or 1
+        options = ClipOptions(
+            root=str(root),
+            spec=ClipSpec(fps=fps, size=size, seconds=seconds, sample_rate=sample_rate),
+            allow_short=allow_short,
+            allow_silence=allow_silence,
+            timeout=timeout,
+            threads=1 if workers > 1 else 0,
+        )
+        guard = FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures)
+        counts, skipped, unfetched, table = run_clip(
+            items, root, options, workers=workers, guard=guard, table_suffix=part.suffix
+        )
+    except (ManifestError, ValueError, TooManyFailures) as e:
+        typer.echo(f"uniform clip: {e}", err=True)
+        raise typer.Exit(1) from None
+    print_summary("clip", counts, skipped, table, elapsed(), str(Path(root) / "clips"))
+    if unfetched:
+        typer.echo(
+            f"{len(unfetched)} remote item(s) have no fetched file yet (e.g. {unfetched[0]}): "
+            f"run `uniform fetch {source}` first; they were left out."
+        )
+        if not counts and not skipped:
+            raise typer.Exit(1)

@@ -1,0 +1,52 @@
+"""`uniform fetch`: download the needed seconds of every remote item in a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def main(
+    manifest: Path = typer.Argument(..., help="VGGSound CSV or the toolkit's headed CSV (id,url,start,end,label,split)."),
+    root: Optional[Path] = typer.Option(None, help="Data root; default data/<manifest name>/."),
+    workers: int = typer.Option(4, help="Parallel downloads (threads)."),
+    shard: Optional[str] = typer.Option(None, help="I/N: this process's share (default from RANK/WORLD_SIZE or SLURM)."),
+    cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp (age-gated or bot-checked videos)."),
+    rate_limit: float = typer.Option(2.0, help="Most download starts per second, across all workers."),
+    retries: int = typer.Option(4, help="Retries of a transient failure (network, 5xx, 429) within this run."),
+    seconds: float = typer.Option(4.0, help="Seconds needed from each item's start."),
+    margin: float = typer.Option(2.0, help="Extra seconds downloaded on both sides (clip cuts exactly)."),
+    max_failures: float = typer.Option(0.5, help="Stop when more than this fraction of items has failed (after 50)."),
+    max_consecutive_failures: int = typer.Option(100, help="Stop after this many failures in a row."),
+    retry_failed: bool = typer.Option(False, help="Also retry permanent failures (unavailable, private, ...)."),
+) -> None:
+    """Download each remote item's time range as ROOT/raw/{key}.mp4 (local paths are used in place).
+
+    Every item ends in ROOT/fetch.csv with a status; a rerun skips done items and permanent failures and
+    retries the rest. Needs the ffmpeg program.
+
+    Example: uniform fetch manifests/vggsound.csv --workers 8
+    """
+    from uniform_cli.prep.fetch import FetchOptions, FetchSetupError, run_fetch
+    from uniform_cli.prep.manifest import ManifestError, default_root, read_manifest
+    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard, print_summary, timer
+
+    elapsed = timer()
+    try:
+        part = parse_shard(shard)
+        items = [item for item in read_manifest(manifest) if part.owns(item.key)]
+        root = root or default_root(manifest)
+        options = FetchOptions(
+            root=str(root), seconds=seconds, margin=margin, retries=retries, cookies=str(cookies) if cookies else None
+        )
+        guard = FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures)
+        counts, skipped, table = run_fetch(
+            items, root, options, workers=workers, rate_limit=rate_limit, guard=guard,
+            table_suffix=part.suffix, retry_failed=retry_failed,
+        )
+    except (ManifestError, FetchSetupError, ValueError, TooManyFailures) as e:
+        typer.echo(f"uniform fetch: {e}", err=True)
+        raise typer.Exit(1) from None
+    print_summary("fetch", counts, skipped, table, elapsed(), str(Path(root) / "raw"))
