@@ -1,0 +1,124 @@
+"""`uniform caption`: one caption per clip, from PLLaVA, the manifest labels, or a transformers video model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def main(
+    manifest: Path = typer.Argument(..., help="Manifest CSV (or a folder of media files) the clips were made from."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Data root (default data/<manifest name>/)."),
+    captioner: str = typer.Option("pllava", "--captioner", help="pllava | labels | hf."),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="Hub id (must be in the local HF cache) or folder. Default ermu2001/pllava-7b for pllava; "
+        "needed for hf (e.g. llava-hf/LLaVA-NeXT-Video-7B-hf).",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Clips per generation batch."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: caption only this shard (or RANK/WORLD_SIZE)."),
+    num_frames: int = typer.Option(4, "--num-frames", help="Frames sampled at segment centres of each clip."),
+    pooling: str = typer.Option("4,12,12", "--pooling", help="PLLaVA pooling shape frames,h,w."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest caption in tokens."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Question (default Open-Sora's)."),
+    system: Optional[str] = typer.Option(
+        None, "--system", help="System text before the question (default Open-Sora's)."
+    ),
+    template: Optional[str] = typer.Option(None, "--template", help='labels: e.g. "the sound of {label}".'),
+    lora_alpha: float = typer.Option(4.0, "--lora-alpha", help="pllava: LoRA alpha used in the merge (scale alpha/r)."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="pllava: LoRA rank (default: as stored, 128)."),
+    hf_input: str = typer.Option("auto", "--hf-input", help="hf: video | frames (as images) | auto."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device; default cuda when available."),
+    redo_degenerate: bool = typer.Option(False, "--redo-degenerate", help="Caption again keys flagged degenerate."),
+    max_failures: float = typer.Option(0.5, "--max-failures", help="Stop when this share of items failed."),
+    max_consecutive_failures: int = typer.Option(
+        100, "--max-consecutive-failures", help="Stop after this many failures in a row."
+    ),
+) -> None:
+    """Caption clips into ROOT/captions.csv (key, text, captioner, model, status, error); reruns resume.
+
+    Example: uniform caption manifests/vggsound.csv --model models/pllava-7b --batch-size 16
+    Example: uniform caption manifests/landscape.csv --captioner labels --template "the sound of {label}"
+    """
+    from rich.console import Console
+
+    from uniform_cli.prep.caption import run_caption
+    from uniform_cli.prep.captioners import OPEN_SORA_QUESTION, OPEN_SORA_SYSTEM, CaptionError
+    from uniform_cli.prep.manifest import ManifestError, default_root
+    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard
+
+    console = Console(stderr=True)
+    question = OPEN_SORA_QUESTION if prompt is None else prompt
+    system_text = OPEN_SORA_SYSTEM if system is None else system
+    try:
+        pool = _parse_pooling(pooling)
+        if captioner == "labels":
+            from uniform_cli.prep.captioners.labels import LabelCaptioner
+
+            labels = LabelCaptioner(template)
+            model_label, factory = labels.model, lambda: labels
+        elif captioner == "pllava":
+            from uniform_cli.prep.captioners.pllava import DEFAULT_MODEL, PllavaCaptioner
+
+            model_label = model or DEFAULT_MODEL
+
+            def factory():
+                return PllavaCaptioner(
+                    model_label,
+                    num_frames=num_frames,
+                    pooling_shape=pool,
+                    max_new_tokens=max_new_tokens,
+                    question=question,
+                    system=system_text,
+                    lora_alpha=lora_alpha,
+                    lora_r=lora_r,
+                    device=device,
+                )
+        elif captioner == "hf":
+            from uniform_cli.prep.captioners.hf import EXAMPLE_MODEL, HFCaptioner
+
+            if not model:
+                raise CaptionError(
+                    f"--captioner hf needs --model (a hub id in the local cache or a folder), e.g. {EXAMPLE_MODEL}"
+                )
+            model_label = model
+
+            def factory():
+                return HFCaptioner(
+                    model_label,
+                    num_frames=num_frames,
+                    max_new_tokens=max_new_tokens,
+                    question=question,
+                    system=system_text,
+                    video_input=hf_input,
+                    device=device,
+                )
+        else:
+            raise CaptionError(f"--captioner must be pllava, labels or hf, not {captioner!r}")
+        run_caption(
+            manifest,
+            root or default_root(manifest),
+            captioner,
+            model_label,
+            factory,
+            batch_size=batch_size,
+            shard=parse_shard(shard),
+            guard=FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures),
+            redo_degenerate=redo_degenerate,
+        )
+    except (CaptionError, ManifestError, TooManyFailures, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+
+
+def _parse_pooling(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"--pooling must be three positive integers frames,h,w (e.g. 4,12,12), not {text!r}")
+    return parts  # type: ignore[return-value]
