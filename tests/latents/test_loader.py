@@ -1,0 +1,127 @@
+"""The training loader: shapes up front, padded text, a reproducible order that resumes exactly, bad samples."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+import torch
+
+from tests.latents.test_shards import AUDIO, VIDEO, write_random_shards
+from uniform_cli.latents.loader import ShardDataError, make_loader, shard_info
+
+KEYS = [f"k{i:02d}" for i in range(24)]
+
+
+@pytest.fixture
+def shards(tmp_path):
+    folder = tmp_path / "data" / "shards"
+    write_random_shards(folder, KEYS, per_shard=4, text_dim=6)
+    return folder
+
+
+def keys_of(batches):
+    return [b.keys for b in batches]
+
+
+def test_shard_info_reads_shapes_and_counts(shards, tmp_path):
+    info = shard_info([shards])
+    assert info.video_shape == VIDEO and info.audio_shape == AUDIO and info.text_dim == 6
+    assert info.num_samples == {"train": 24} and len(info.urls("train")) == 6
+    assert shard_info(shards / "index.json").num_samples == {"train": 24}
+    assert shard_info(shards.parent).folders == (shards,)  # a data root finds its shards/
+    info.check_shapes(VIDEO, AUDIO)
+    with pytest.raises(ShardDataError, match=r"\[4, 10, 32, 32\]"):
+        info.check_shapes((4, 10, 32, 32), AUDIO)
+    with pytest.raises(ShardDataError, match="split 'test'"):
+        info.urls("test")
+
+
+def test_missing_or_empty_folders_are_named(shards, tmp_path):
+    with pytest.raises(ShardDataError, match="nowhere/a.*nowhere/b"):
+        shard_info([shards, tmp_path / "nowhere" / "a", tmp_path / "nowhere" / "b"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardDataError, match="without complete shards"):
+        shard_info([tmp_path / "empty"])
+
+
+def test_folders_with_other_latents_are_refused(shards, tmp_path):
+    other = tmp_path / "other"
+    write_random_shards(other, ["x"], per_shard=1, text_dim=None)
+    with pytest.raises(ShardDataError, match="holds latents"):
+        shard_info([shards, other])
+
+
+def test_one_pass_gives_every_sample_once_with_padded_text(shards):
+    loader = make_loader([shards], batch_size=5, resampled=False, num_workers=0, seed=3)
+    batches = list(loader.epoch(0))
+    seen = [k for b in batches for k in b.keys]
+    assert sorted(seen) == KEYS
+    b = batches[0]
+    assert b.latents.video.shape == (5, *VIDEO) and b.latents.video.dtype == torch.float32
+    assert b.latents.audio.shape == (5, *AUDIO)
+    lengths = b.text_mask.sum(1)
+    assert b.text.shape == (5, max(1, int(lengths.max())), 6)
+    for i in range(5):  # valid tokens first, zeros after
+        n = int(lengths[i])
+        assert b.text_mask[i, :n].all() and not b.text_mask[i, n:].any()
+        assert (b.text[i, n:] == 0).all()
+    assert b.captions[0] == f"caption of {b.keys[0]}"
+
+
+def test_ranks_split_one_pass_between_them(shards):
+    per_rank = [
+        [k for b in make_loader([shards], 4, resampled=False, num_workers=0, rank=r, world_size=2).epoch(1) for k in b.keys]
+        for r in range(2)
+    ]
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == KEYS
+
+
+def test_shards_without_embeddings_give_captions(tmp_path):
+    write_random_shards(tmp_path, KEYS[:6], per_shard=3, text_dim=None)
+    (batch,) = list(make_loader([tmp_path], 6, resampled=False, num_workers=0).epoch(0))
+    assert batch.text is None and batch.text_mask is None
+    assert sorted(batch.captions) == sorted(f"caption of {k}" for k in KEYS[:6])
+
+
+def test_resampled_order_is_reproducible_and_resumes_exactly(shards):
+    def loader(seed, rank=0):
+        return make_loader([shards], 3, seed=seed, num_workers=2, shuffle_buffer=8, rank=rank, world_size=2,
+                           batches_per_epoch=5)
+
+    full = keys_of(loader(7).epoch(0))
+    assert len(full) == 5 and all(len(k) == 3 for k in full)
+    assert keys_of(loader(7).epoch(0)) == full
+    assert keys_of(loader(8).epoch(0)) != full
+    assert keys_of(loader(7, rank=1).epoch(0)) != full
+    assert keys_of(loader(7).epoch(1)) != full
+    for skip in (1, 2, 3):
+        assert keys_of(loader(7).epoch(0, skip=skip)) == full[skip:]
+    # a run resumed at global step 3 continues exactly as the unbroken one, across the epoch boundary
+    unbroken = [b.keys for _, b in zip(range(9), loader(7).from_step(0))]
+    resumed = [b.keys for _, b in zip(range(6), loader(7).from_step(3))]
+    assert resumed == unbroken[3:]
+
+
+def _corrupt_one_sample(shard_path, key):
+    """Rewrite a shard with one sample's video.npy replaced by garbage."""
+    with tarfile.open(shard_path) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    with tarfile.open(shard_path, "w") as tf:
+        for m, data in members:
+            if m.name == f"{key}.video.npy":
+                data = b"not an npy file"
+            m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+
+
+def test_a_bad_sample_is_skipped_and_counted_up_to_the_cap(shards):
+    _corrupt_one_sample(shards / "train-00000.tar", "k01")
+    with pytest.warns(UserWarning, match="skipping an unreadable sample"):
+        batches = list(make_loader([shards], 4, resampled=False, num_workers=0, max_bad_samples=1).epoch(0))
+    seen = sorted(k for b in batches for k in b.keys)
+    assert seen == [k for k in KEYS if k != "k01"]
+    with pytest.raises(ShardDataError, match="unreadable samples"):
+        list(make_loader([shards], 4, resampled=False, num_workers=0, max_bad_samples=0).epoch(0))

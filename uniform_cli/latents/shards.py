@@ -1,0 +1,367 @@
+"""WebDataset shards of pre-encoded latents: the writer `encode` uses, and the stats and index readers share.
+
+Layout of `ROOT/shards/`:
+    {prefix}-{seq:05d}.tar       one shard; prefix is the split ("train") for an unsharded run and
+                                 "{split}-{I:02d}" for process I of `--shard I/N`, so processes never
+                                 write the same name
+    {shard}.tar.stats.json       written after the shard is complete: sample count, keys, failures,
+                                 codecs and latent shapes
+    index.json                   every complete shard with its counts, the codecs and the shapes
+
+Per sample (WebDataset key = clip key, which never contains '.'):
+    video.npy   fp16 `C F H W`  ([4, 20, 32, 32])
+    audio.npy   fp16 `C T M`    ([8, 100, 16])
+    text.npy    fp16 `L D_text` (only the caption's valid tokens; present when text embeddings are stored)
+    txt         the caption (utf-8)
+    json        key, label, split, codecs (ids, classes, versions), shapes, source facts
+
+A shard is written under `{shard}.tmp` and renamed when complete; a killed run leaves at most a temp file,
+which the next run of the same process deletes. The truth about what is done is the set of `.stats.json`
+files: each is written atomically by the one process that wrote its shard, so processes never contend.
+`index.json` is a summary rebuilt from them after every shard; two processes can race on it, so readers
+(`read_index`) check it against the stats files on disk and rebuild it in memory when it is stale.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from uniform_cli.atomic import write_text_atomic
+from uniform_cli.prep.manifest import SAFE_KEY
+from uniform_cli.stage import Shard
+
+SHARDS_DIR = "shards"
+INDEX_FILE = "index.json"
+STATS_SUFFIX = ".stats.json"
+TMP_SUFFIX = ".tmp"
+FORMAT_VERSION = 1
+
+
+class ShardFormatError(ValueError):
+    """Shards, stats or an index that cannot be used as they are; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------ samples
+
+
+@dataclass
+class LatentSample:
+    """One encoded clip, ready to be written."""
+
+    key: str
+    video: np.ndarray
+    """fp16 `C F H W`."""
+    audio: np.ndarray
+    """fp16 `C T M`."""
+    caption: str
+    meta: dict[str, Any]
+    """Goes to the sample's `json` (key, label, split, codecs, shapes, source facts)."""
+    text: np.ndarray | None = None
+    """fp16 `L D_text`, valid tokens only."""
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as `.npy` bytes (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    """`.npy` bytes back to an array; never unpickles."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def sample_to_wds(sample: LatentSample) -> dict[str, Any]:
+    """The WebDataset record of a sample: `__key__` and one bytes value per file extension."""
+    if "." in sample.key or "/" in sample.key:
+        raise ShardFormatError(f"key {sample.key!r} contains '.' or '/', which WebDataset cannot hold")
+    record: dict[str, Any] = {
+        "__key__": sample.key,
+        "video.npy": npy_bytes(sample.video.astype(np.float16)),
+        "audio.npy": npy_bytes(sample.audio.astype(np.float16)),
+        "txt": sample.caption.encode("utf-8"),
+        "json": json.dumps(sample.meta, sort_keys=True).encode("utf-8"),
+    }
+    if sample.text is not None:
+        record["text.npy"] = npy_bytes(sample.text.astype(np.float16))
+    return record
+
+
+# -------------------------------------------------------------------------------------------------- stats
+
+
+@dataclass
+class ShardStats:
+    """What `{shard}.stats.json` holds: written once the shard is complete."""
+
+    file: str
+    """Shard file name, relative to the shards folder."""
+    split: str
+    count: int
+    keys: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+    """Keys of this split that failed while the shard was open, with their status word."""
+    codecs: dict[str, Any] = field(default_factory=dict)
+    shapes: dict[str, Any] = field(default_factory=dict)
+    """video / audio latent shapes (lists) and text_dim (int, or None without text embeddings)."""
+    writer: str = "0/1"
+    """The `--shard I/N` of the process that wrote it."""
+    created: float = 0.0
+    format: int = FORMAT_VERSION
+
+    @classmethod
+    def load(cls, path: Path) -> "ShardStats":
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as err:
+            raise ShardFormatError(f"{path}: unreadable shard stats ({err}); delete it and its shard, then rerun encode") from err
+
+    def save(self, folder: Path) -> None:
+        write_text_atomic(folder / (self.file + STATS_SUFFIX), json.dumps(asdict(self), indent=1))
+
+
+def shard_prefix(split: str, shard: Shard) -> str:
+    """`train` for an unsharded run, `train-03` for process 3 of `--shard 3/N`."""
+    if not SAFE_KEY.match(split):
+        raise ShardFormatError(f"split {split!r} may only hold letters, digits, '_' and '-'")
+    return split if shard.count == 1 else f"{split}-{shard.index:02d}"
+
+
+def _seq_pattern(prefix: str, suffix: str = "") -> re.Pattern:
+    return re.compile(rf"^{re.escape(prefix)}-(\d{{5,}})\.tar{re.escape(suffix)}$")
+
+
+def next_sequence(folder: Path, prefix: str) -> int:
+    """The sequence number after the last complete shard of `prefix` (0 when there is none)."""
+    pattern = _seq_pattern(prefix)
+    seqs = [int(m.group(1)) for p in folder.glob(f"{prefix}-*.tar") if (m := pattern.match(p.name))]
+    return max(seqs) + 1 if seqs else 0
+
+
+def discard_partial(folder: Path, prefix: str) -> list[Path]:
+    """Delete temp shards of `prefix` left by a killed run (only this process's names); return them."""
+    pattern = _seq_pattern(prefix, TMP_SUFFIX)
+    gone = [p for p in folder.glob(f"{prefix}-*.tar{TMP_SUFFIX}") if pattern.match(p.name)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+def recover_stats(folder: Path) -> list[ShardStats]:
+    """Write stats for complete shards that lack them (a run killed between the rename and the stats).
+
+    The shard is complete (it was renamed only after closing), so its keys and count are read from it;
+    its codecs and shapes come from the sample `json` of its first record.
+    """
+    recovered = []
+    for tar in sorted(folder.glob("*.tar")):
+        if (folder / (tar.name + STATS_SUFFIX)).exists():
+            continue
+        keys: list[str] = []
+        meta: dict[str, Any] = {}
+        with tarfile.open(tar) as tf:
+            for member in tf:
+                key, _, ext = member.name.partition(".")
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+                if ext == "json" and not meta:
+                    meta = json.loads(tf.extractfile(member).read())
+        stats = ShardStats(
+            file=tar.name,
+            split=str(meta.get("split", "train")),
+            count=len(keys),
+            keys=keys,
+            codecs=meta.get("codecs", {}),
+            shapes=meta.get("shapes", {}),
+            writer="recovered",
+            created=time.time(),
+        )
+        stats.save(folder)
+        recovered.append(stats)
+    return recovered
+
+
+def read_stats(folder: Path) -> list[ShardStats]:
+    """Stats of every complete shard in `folder` (a stats file whose shard is gone is ignored)."""
+    stats = []
+    for path in sorted(folder.glob(f"*.tar{STATS_SUFFIX}")):
+        s = ShardStats.load(path)
+        if (folder / s.file).is_file():
+            stats.append(s)
+    return stats
+
+
+def done_keys(folder: Path) -> set[str]:
+    """Keys that are in a complete shard, whichever process wrote it."""
+    return {k for s in read_stats(folder) for k in s.keys}
+
+
+# -------------------------------------------------------------------------------------------------- index
+
+
+def build_index(stats: list[ShardStats]) -> dict[str, Any]:
+    """The index of a shards folder from its shards' stats. Mixed codecs or shapes are an error."""
+    codecs: dict[str, Any] = {}
+    shapes: dict[str, Any] = {}
+    first = ""
+    for s in stats:
+        if not first:
+            codecs, shapes, first = s.codecs, s.shapes, s.file
+        elif s.shapes != shapes or _codec_ids(s.codecs) != _codec_ids(codecs):
+            raise ShardFormatError(
+                f"shards {first} and {s.file} were encoded differently (shapes {shapes} vs {s.shapes}, "
+                f"codecs {_codec_ids(codecs)} vs {_codec_ids(s.codecs)}); keep one kind per shards folder"
+            )
+    splits: dict[str, int] = {}
+    for s in stats:
+        splits[s.split] = splits.get(s.split, 0) + s.count
+    return {
+        "format": FORMAT_VERSION,
+        "num_samples": sum(s.count for s in stats),
+        "splits": splits,
+        "shapes": shapes,
+        "codecs": codecs,
+        "shards": [{"file": s.file, "split": s.split, "count": s.count, "failed": len(s.failed)} for s in stats],
+    }
+
+
+def _codec_ids(codecs: dict[str, Any]) -> dict[str, Any]:
+    """The parts of codec info that make latents (in)compatible: which codec and which weights."""
+    return {part: (codecs.get(part) or {}).get("id") for part in ("video", "audio", "text")}
+
+
+def write_index(folder: Path) -> dict[str, Any]:
+    """Rebuild `index.json` from the stats files and write it atomically; return it."""
+    index = build_index(read_stats(folder))
+    write_text_atomic(folder / INDEX_FILE, json.dumps(index, indent=1))
+    return index
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    """The index of a shards folder, rebuilt in memory from the stats when index.json is missing or stale."""
+    stats = read_stats(folder)
+    path = folder / INDEX_FILE
+    if path.is_file():
+        try:
+            index = json.loads(path.read_text())
+        except ValueError:
+            index = None
+        if index and sorted((e["file"], e["count"]) for e in index.get("shards", [])) == sorted(
+            (s.file, s.count) for s in stats
+        ):
+            return index
+    return build_index(stats)
+
+
+def check_compatible(folder: Path, codecs: dict[str, Any], shapes: dict[str, Any] | None) -> None:
+    """Refuse to add latents from other codecs (or of other shapes) to a folder that already has shards."""
+    stats = read_stats(folder)
+    if not stats:
+        return
+    old = stats[0]
+    if _codec_ids(old.codecs) != _codec_ids(codecs):
+        raise ShardFormatError(
+            f"{folder} holds shards encoded with {_codec_ids(old.codecs)}, but this run uses {_codec_ids(codecs)}; "
+            "latents of different codecs cannot be mixed: use another --root, or delete the old shards"
+        )
+    if shapes is not None and old.shapes != shapes:
+        raise ShardFormatError(
+            f"{folder} holds shards with latent shapes {old.shapes}, but this run gives {shapes}; "
+            "use another --root, or delete the old shards"
+        )
+
+
+# ------------------------------------------------------------------------------------------------- writer
+
+
+class SplitShardWriter:
+    """Writes one split's samples into complete shards of `samples_per_shard` (the last may be smaller).
+
+    Built on webdataset's ShardWriter writing to `{shard}.tmp`; when a shard is full (or at `close`), it is
+    renamed to its final name, its stats are written and `on_sealed(stats)` is called.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        shard: Shard,
+        samples_per_shard: int,
+        info: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+        on_sealed: Callable[[ShardStats], None],
+    ) -> None:
+        if samples_per_shard < 1:
+            raise ValueError(f"samples per shard must be positive, got {samples_per_shard}")
+        self.folder = folder
+        self.split = split
+        self.shard = shard
+        self.prefix = shard_prefix(split, shard)
+        self.samples_per_shard = samples_per_shard
+        self.info = info
+        self.on_sealed = on_sealed
+        self.keys: list[str] = []
+        self.failed: dict[str, str] = {}
+        self._writer = None
+
+    def write(self, sample: LatentSample) -> None:
+        import webdataset as wds
+
+        record = sample_to_wds(sample)
+        if self._writer is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._writer = wds.ShardWriter(
+                str(self.folder / f"{self.prefix}-%05d.tar{TMP_SUFFIX}"),
+                maxcount=self.samples_per_shard,
+                maxsize=float("inf"),
+                post=self._seal,
+                start_shard=next_sequence(self.folder, self.prefix),
+                verbose=0,
+                encoder=False,
+                compress=False,
+            )
+        # ShardWriter seals the previous shard (post) before it writes the first sample of the next one
+        self._writer.write(record)
+        self.keys.append(sample.key)
+
+    def fail(self, key: str, status: str) -> None:
+        """Note a failed key in the stats of the shard being written."""
+        self.failed[key] = status
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _seal(self, tmp_name: str) -> None:
+        tmp = Path(tmp_name)
+        if not self.keys:
+            tmp.unlink(missing_ok=True)
+            return
+        final = tmp.with_name(tmp.name[: -len(TMP_SUFFIX)])
+        tmp.replace(final)
+        codecs, shapes = self.info()
+        stats = ShardStats(
+            file=final.name,
+            split=self.split,
+            count=len(self.keys),
+            keys=self.keys,
+            failed=self.failed,
+            codecs=codecs,
+            shapes=shapes,
+            writer=f"{self.shard.index}/{self.shard.count}",
+            created=time.time(),
+        )
+        stats.save(self.folder)
+        self.keys, self.failed = [], {}
+        self.on_sealed(stats)
