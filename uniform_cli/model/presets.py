@@ -15,6 +15,19 @@ PRESETS: dict[str, ModelConfig] = {
         text_dim=32,
         text_len=16,
     ),
+    # The demo (`uniform demo`, recipes/demo.toml): trains in minutes on a 2-core CPU. Latents of the weight-free
+    # codecs for 64 x 64, 68-frame clips: "pixel" video [12, 20, 8, 8] and "mel" audio [8, 100, 8]; 32-wide
+    # "hash" word embeddings of captions of at most 8 words. 640 tokens per clip.
+    "demo": ModelConfig(
+        preset="demo",
+        hidden_size=128,
+        depth=2,
+        num_heads=4,
+        video_latent=(12, 20, 8, 8),
+        audio_latent=(8, 100, 8),
+        text_dim=32,
+        text_len=8,
+    ),
     # The paper: STDiT3-XL/2 over Open-Sora VAE v1.2 and AudioLDM VAE latents of a 4 s clip, T5-XXL text.
     "XL/2": ModelConfig(
         preset="XL/2",
