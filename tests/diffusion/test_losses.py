@@ -1,0 +1,107 @@
+"""The masked hybrid loss: given positions never count, the variance term trains the variance only."""
+
+import pytest
+import torch
+
+from uniform_cli.config import DiffusionConfig
+from uniform_cli.diffusion.losses import hybrid_loss, noised_input, vb_terms
+from uniform_cli.diffusion.schedule import make_schedule, q_sample
+from uniform_cli.types import Latents, Task
+
+BASE = make_schedule(DiffusionConfig())
+B = 4
+
+
+def _batch(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x0 = Latents(torch.randn(B, 4, 2, 4, 4, generator=gen), torch.randn(B, 8, 10, 4, generator=gen))
+    noise = Latents(torch.randn(B, 4, 2, 4, 4, generator=gen), torch.randn(B, 8, 10, 4, generator=gen))
+    output = Latents(torch.randn(B, 8, 2, 4, 4, generator=gen), torch.randn(B, 16, 10, 4, generator=gen))
+    t = torch.tensor([0, 1, 500, 999])
+    return x0, noise, output, t
+
+
+@pytest.mark.parametrize("task", list(Task))
+def test_loss_ignores_predictions_at_given_positions(task):
+    x0, noise, output, t = _batch()
+    tasks = torch.full((B,), int(task))
+    ref = hybrid_loss(BASE, x0, t, noise, output, tasks)
+    assert torch.isfinite(ref.loss).all()
+    given_video, given_audio = task == Task.V2A, task == Task.A2V
+    changed = Latents(
+        output.video + 5.0 if given_video else output.video,
+        output.audio - 3.0 if given_audio else output.audio,
+    )
+    assert torch.equal(hybrid_loss(BASE, x0, t, noise, changed, tasks).loss, ref.loss)
+    # ... while a change at the generated positions moves it.
+    moved = Latents(output.video if given_video else output.video + 0.5,
+                    output.audio if given_audio else output.audio + 0.5)
+    assert (hybrid_loss(BASE, x0, t, noise, moved, tasks).loss != ref.loss).all()
+    # Components of a given modality are zero and flagged as not generated.
+    if given_video:
+        assert not ref.generated.video.any() and (ref.mse.video == 0).all() and (ref.vb.video == 0).all()
+    if given_audio:
+        assert not ref.generated.audio.any() and (ref.mse.audio == 0).all() and (ref.vb.audio == 0).all()
+
+
+def test_noised_input_keeps_given_positions_clean():
+    x0, noise, _, t = _batch()
+    tasks = torch.tensor([Task.T2AV, Task.A2V, Task.V2A, Task.A2V])
+    x_in = noised_input(BASE, x0, t, noise, tasks)
+    x_t = x0.map(lambda x, n: q_sample(BASE, x, t, n), noise)
+    video_generated, audio_generated = [0, 1, 3], [0, 2]
+    assert torch.equal(x_in.video[video_generated], x_t.video[video_generated])
+    assert torch.equal(x_in.video[2], x0.video[2])
+    assert torch.equal(x_in.audio[audio_generated], x_t.audio[audio_generated])
+    assert torch.equal(x_in.audio[[1, 3]], x0.audio[[1, 3]])
+
+
+def test_loss_pools_generated_elements_and_mse_is_the_noise_error():
+    x0, noise, output, t = _batch()
+    exact = Latents(torch.cat([noise.video + 0.1, output.video[:, 4:]], 1),
+                    torch.cat([noise.audio - 0.2, output.audio[:, 8:]], 1))
+    terms = hybrid_loss(BASE, x0, t, noise, exact, torch.zeros(B, dtype=torch.long))
+    torch.testing.assert_close(terms.mse.video, torch.full((B,), 0.01))
+    torch.testing.assert_close(terms.mse.audio, torch.full((B,), 0.04))
+    n_v, n_a = x0.video[0].numel(), x0.audio[0].numel()
+    pooled = ((terms.mse.video + terms.vb.video) * n_v + (terms.mse.audio + terms.vb.audio) * n_a) / (n_v + n_a)
+    torch.testing.assert_close(terms.loss, pooled)
+
+
+def test_vb_is_zero_for_the_true_mean_and_posterior_variance():
+    x0, noise, output, _ = _batch()
+    t = torch.tensor([1, 10, 500, 999])
+    # eps = the true noise gives the true posterior mean; v = -1 gives the posterior variance: KL = 0.
+    out = Latents(torch.cat([noise.video, -torch.ones_like(noise.video)], 1),
+                  torch.cat([noise.audio, -torch.ones_like(noise.audio)], 1))
+    terms = hybrid_loss(BASE, x0, t, noise, out, torch.zeros(B, dtype=torch.long))
+    torch.testing.assert_close(terms.vb.video, torch.zeros(B), atol=1e-5, rtol=0)
+    torch.testing.assert_close(terms.loss, torch.zeros(B), atol=1e-5, rtol=0)
+    # At t = 0 the term is the decoder's negative log-likelihood: positive.
+    terms0 = hybrid_loss(BASE, x0, torch.zeros(B, dtype=torch.long), noise, out, torch.zeros(B, dtype=torch.long))
+    assert (terms0.vb.video > 0).all() and (terms0.vb.audio > 0).all()
+
+
+def test_vb_trains_the_variance_only_and_scales_with_num_timesteps():
+    x0, noise, output, t = _batch()
+    tasks = torch.zeros(B, dtype=torch.long)
+    out = output.map(lambda o: o.clone().requires_grad_(True))
+    terms = hybrid_loss(BASE, x0, t, noise, out, tasks)
+    (terms.vb.video.sum() + terms.vb.audio.sum()).backward()
+    assert out.video.grad[:, :4].abs().max() == 0 and out.video.grad[:, 4:].abs().max() > 0
+    assert out.audio.grad[:, :8].abs().max() == 0 and out.audio.grad[:, 8:].abs().max() > 0
+    # IDDPM's rescaling: vb x num_timesteps / 1000, with a 500-step schedule's own noise levels.
+    half = make_schedule(DiffusionConfig(num_timesteps=500))
+    t_half = t // 2
+    x_t = q_sample(half, x0.video, t_half, noise.video)
+    raw = vb_terms(half, x0.video, x_t, t_half, output.video[:, :4], output.video[:, 4:]).flatten(1).mean(1)
+    torch.testing.assert_close(hybrid_loss(half, x0, t_half, noise, output, tasks).vb.video, raw * 0.5)
+
+
+def test_loss_without_variance_channels_is_the_mse():
+    x0, noise, output, t = _batch()
+    eps_only = Latents(output.video[:, :4], output.audio[:, :8])
+    terms = hybrid_loss(BASE, x0, t, noise, eps_only, torch.zeros(B, dtype=torch.long))
+    assert (terms.vb.video == 0).all() and (terms.vb.audio == 0).all()
+    with pytest.raises(ValueError, match="channels"):
+        hybrid_loss(BASE, x0, t, noise, Latents(output.video[:, :5], output.audio), torch.zeros(B, dtype=torch.long))

@@ -1,0 +1,118 @@
+"""`uniform generate` end to end: a CSV mixing all three tasks, resuming, and bad CSVs."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from uniform_cli.cli.main import app
+from uniform_cli.media.io import read_audio, read_video
+from uniform_cli.media.prepare import ClipSpec, prepare_media
+from tests.fixtures.checkpoint import TINY_SIZE
+
+SPEC = ClipSpec(fps=17, size=TINY_SIZE, seconds=4.0, sample_rate=16000)
+RESULT_KEYS = {"id", "task", "seed", "sampler", "steps", "cfg_video", "cfg_audio", "checkpoint", "text",
+               "timings", "peak_memory_gb", "fps", "num_frames", "sample_rate", "num_samples"}
+
+
+def write_csv(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["generate", *map(str, args)])
+
+
+def test_mixed_tasks_end_to_end_then_resume(tmp_path, checkpoint, media):
+    csv_dir = media["video"].parent.parent  # media paths are relative to the CSV's folder
+    prompts = write_csv(csv_dir / "prompts.csv", [
+        "id,text,task,video,audio,seed",
+        "dog,a dog barks,t2av,,,11",
+        "scene,,v2a,media/scene.mp4,,",
+        'drums,"a man plays guitar, and sings",a2v,,media/drums.wav,',
+    ])
+    out = tmp_path / "out"
+    latest = checkpoint.parent / "latest"
+    latest.symlink_to(checkpoint.name)
+    result = invoke(prompts, "--checkpoint", latest, "--out", out, "--batch-size", "3", "--steps", "2",
+                    "--cfg-video", "2.5", "--cfg-audio", "1.5", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+
+    for name in ("dog", "scene", "drums"):
+        frames, fps = read_video(out / f"{name}.mp4")
+        assert frames.shape == (68, TINY_SIZE, TINY_SIZE, 3) and fps == 17
+        sound, rate = read_audio(out / f"{name}.mp4")
+        assert rate == 16000 and abs(len(sound) / rate - 4.0) < 0.1  # AAC pads to whole 1024-sample frames
+        with wave.open(str(out / f"{name}.wav")) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 64000)
+
+    # V2A keeps the prepared input frames (the mp4 is H.264, so a few levels of difference at most) ...
+    given_frames = prepare_media(media["video"], SPEC, audio=False).video
+    v2a_frames, _ = read_video(out / "scene.mp4")
+    assert np.abs(v2a_frames.astype(int) - given_frames).mean() < 4
+    t2av_frames, _ = read_video(out / "dog.mp4")
+    assert np.abs(t2av_frames.astype(int) - given_frames).mean() > 20  # generated frames are something else
+    # ... and A2V keeps the prepared input audio (the wav is 16-bit PCM).
+    given_wave = prepare_media(media["audio"], SPEC, video=False).audio
+    a2v_wave, _ = read_audio(out / "drums.wav")
+    np.testing.assert_allclose(a2v_wave, given_wave, atol=1.0 / 16000)
+    v2a_wave, _ = read_audio(out / "scene.wav")
+    assert np.abs(v2a_wave - given_wave).max() > 0.05
+
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_id = {line["id"]: line for line in lines}
+    assert sorted(by_id) == ["dog", "drums", "scene"] and len(lines) == 3
+    for line in lines:
+        assert RESULT_KEYS <= set(line)
+        assert line["checkpoint"] == str(checkpoint.resolve())
+        assert (line["sampler"], line["steps"], line["cfg_video"], line["cfg_audio"]) == ("ddim", 2, 2.5, 1.5)
+        assert set(line["timings"]) >= {"text", "encode", "denoise", "decode", "write", "total"}
+        assert line["timings"]["total"] > 0
+    assert {k: by_id[k]["task"] for k in by_id} == {"dog": "t2av", "scene": "v2a", "drums": "a2v"}
+    assert by_id["dog"]["seed"] == 11 and by_id["drums"]["text"] == "a man plays guitar, and sings"
+
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = invoke(prompts, "--checkpoint", latest, "--out", out, "--skip-existing", "--device", "cpu")
+    assert again.exit_code == 0, again.output
+    assert "nothing to generate" in again.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_bad_csv_lists_every_problem_and_writes_nothing(tmp_path, checkpoint, media):
+    (tmp_path / "short.wav").write_bytes(media["audio"].read_bytes())
+    prompts = write_csv(tmp_path / "bad.csv", [
+        "id,text,task,video,audio,seed",
+        "ok,a dog barks,t2av,,,",
+        "ok,again,t2av,,,",                       # duplicate id
+        "x1,a cat,t2x,,,",                        # unknown task
+        "x2,rain,v2a,,,",                         # v2a without video
+        "x3,rain,a2v,,missing.wav,",              # a2v with a missing file
+        "x4,rain,t2av,,,seven",                   # bad seed
+        "../evil,rain,t2av,,,",                   # unsafe id
+        f"x5,rain,v2a,{media['audio']},,",        # a video file without a video stream
+    ])
+    out = tmp_path / "out"
+    result = invoke(prompts, "--checkpoint", checkpoint, "--out", out, "--device", "cpu")
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "7 problem(s)" in text
+    for needle in ("line 3: duplicate id 'ok'", "line 4: unknown task 't2x'", "line 5: task v2a needs a video",
+                   "line 6: audio file", "missing.wav does not exist", "line 7: seed 'seven'",
+                   "line 8: id '../evil' is not safe", "line 9:", "has no video stream"):
+        assert needle in text, needle
+    assert not out.exists()
+
+
+def test_missing_column_and_conflicting_flags(tmp_path, checkpoint):
+    prompts = write_csv(tmp_path / "p.csv", ["name,text", "a,b"])
+    result = invoke(prompts, "--checkpoint", checkpoint, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "missing column 'id'" in result.output
+    ok = write_csv(tmp_path / "ok.csv", ["id,text", "a,b"])
+    result = invoke(ok, "--checkpoint", checkpoint, "--cfg", "2", "--cfg-audio", "3")
+    assert result.exit_code == 2 and "either --cfg" in result.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,147 @@
+"""`uniform generate`: render audible videos from a prompts CSV with a trained checkpoint (T2AV, A2V, V2A)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def main(
+    prompts: Path = typer.Argument(..., help="CSV with columns id,text and optionally task,video,audio,seed."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint folder, e.g. runs/NAME/checkpoints/latest."),
+    task: str = typer.Option("t2av", "--task", help="Task of rows without a 'task' cell: t2av, a2v or v2a."),
+    out: Path = typer.Option(Path("outputs"), "--out", help="Output folder for {id}.mp4, {id}.wav, results.jsonl."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm, ddim or dpm++ (default: the checkpoint's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the checkpoint's)."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale of both video and audio."),
+    cfg_video: Optional[float] = typer.Option(None, "--cfg-video", help="Guidance scale of the video."),
+    cfg_audio: Optional[float] = typer.Option(None, "--cfg-audio", help="Guidance scale of the audio."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips per batch (tasks may be mixed)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of rows without a 'seed' cell."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Clips per row, written as {id}_{k} (seed + k)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip outputs whose mp4, wav and results line exist."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: this process's share (default from RANK/WORLD_SIZE)."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPUs, fp32 on CPU)."),
+    video_vae: Optional[str] = typer.Option(None, "--video-vae", help="Open-Sora VAE folder or hub id (overrides the recipe)."),
+    audio_vae: Optional[str] = typer.Option(None, "--audio-vae", help="AudioLDM folder or hub id (overrides the recipe)."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder folder or hub id; 'none' for no text."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks (long runs on GPUs)."),
+) -> None:
+    """Generate {id}.mp4 (H.264 + AAC) and {id}.wav per CSV row, and one results.jsonl line per clip.
+
+    Given media (video for v2a rows, audio for a2v rows; paths relative to the CSV) are prepared like
+    `uniform clip` does, held fixed, and carried into the output unchanged. Every row is checked first;
+    all problems are reported together and nothing is written.
+
+    Example: uniform generate prompts.csv --task v2a --checkpoint runs/multitask/checkpoints/latest --steps 25
+    """
+    import os
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from uniform_cli.generate.pipeline import (
+        PipelineError,
+        UniFormPipeline,
+        clip_spec,
+        read_checkpoint_recipe,
+        resolve_checkpoint,
+        with_codec_overrides,
+    )
+    from uniform_cli.generate.runner import PromptsError, RunOptions, plan, read_prompts, run_items, select
+    from uniform_cli.latents.codecs import CodecError
+    from uniform_cli.model.checkpoint import CheckpointError
+    from uniform_cli.stage import parse_shard
+    from uniform_cli.types import Task
+
+    console = Console(stderr=True)
+
+    def fail(message: str, code: int = 2) -> None:
+        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+        raise typer.Exit(code)
+
+    if cfg is not None and (cfg_video is not None or cfg_audio is not None):
+        fail("use either --cfg or --cfg-video/--cfg-audio, not both")
+    if dtype is not None and dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if batch_size is not None and batch_size < 1:
+        fail("--batch-size must be at least 1")
+    if sampler is not None and sampler not in ("ddpm", "ddim", "dpm++"):
+        fail(f"--sampler must be ddpm, ddim or dpm++, not {sampler!r}")
+    try:
+        default_task = Task.parse(task)
+        part = parse_shard(shard)
+        folder = resolve_checkpoint(checkpoint)
+        recipe = read_checkpoint_recipe(folder)
+        spec = clip_spec(recipe)
+        rows = read_prompts(prompts, default_task, spec)
+        items = plan(rows, num_samples, recipe.generate.seed if seed is None else seed, source=prompts)
+    except (PromptsError, PipelineError, ValueError) as e:
+        fail(str(e))
+    todo, skipped = select(items, part, out, skip_existing)
+    options = RunOptions(
+        sampler=sampler,
+        steps=steps,
+        cfg_video=cfg if cfg is not None else cfg_video,
+        cfg_audio=cfg if cfg is not None else cfg_audio,
+        batch_size=batch_size or recipe.generate.batch_size,
+    )
+    shard_note = f" (shard {part.index}/{part.count})" if part.count > 1 else ""
+    if not todo:
+        console.print(f"nothing to generate{shard_note}: {skipped} output(s) already in {out}")
+        return
+
+    if device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
+    try:
+        codec = with_codec_overrides(recipe.codec, video_vae, audio_vae, text_encoder)
+        pipe = UniFormPipeline.from_pretrained(
+            folder, device=device, dtype=getattr(torch, DTYPES[dtype]) if dtype else None, codec=codec, compile=compile
+        )
+    except (PipelineError, CodecError, CheckpointError) as e:
+        fail(str(e), 1)
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        clips = progress.add_task(f"generating{shard_note}", total=len(todo))
+        denoise = progress.add_task("  denoising batch", total=None)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update(denoise, completed=done, total=total)
+
+        try:
+            report = run_items(pipe, todo, out, options, part,
+                               on_batch=lambda n: progress.advance(clips, n), on_step=on_step)
+        except PipelineError as e:
+            fail(str(e), 1)
+
+    _summary(console, report, skipped, out, pipe)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _summary(console, report, skipped: int, out: Path, pipe) -> None:
+    from rich.table import Table
+
+    console.print(f"uniform generate: {len(report.generated) + len(report.failed)} clip(s) in {report.seconds:.1f} s")
+    table = Table()
+    table.add_column("status")
+    table.add_column("clips", justify="right")
+    table.add_row("generated", str(len(report.generated)))
+    if skipped:
+        table.add_row("skipped (done before)", str(skipped))
+    if report.failed:
+        table.add_row("failed", str(len(report.failed)))
+    console.print(table)
+    for name, error in list(report.failed.items())[:10]:
+        console.print(f"  [red]{name}[/red]: {error}", highlight=False)
+    if report.clip_seconds:
+        mean = sum(report.clip_seconds) / len(report.clip_seconds)
+        console.print(f"{mean:.2f} s per clip on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')})")
+    console.print(f"outputs: {out}")

@@ -1,0 +1,51 @@
+"""Model functions for the samplers: conditional, and classifier-free guided in one batched forward."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from uniform_cli.diffusion.samplers import ModelFn
+from uniform_cli.diffusion.schedule import split_output
+from uniform_cli.types import Latents
+
+
+def conditional_model_fn(model: nn.Module, task: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                         drop_text: torch.Tensor | None = None) -> ModelFn:
+    """`model_fn(x, t)` calling the model once with the given conditioning (no guidance)."""
+
+    def model_fn(x: Latents, t: torch.Tensor) -> Latents:
+        return model(x, t, task, text, text_mask, drop_text)
+
+    return model_fn
+
+
+def _guide(out: torch.Tensor, channels: int, scale: float) -> torch.Tensor:
+    """Combine a `[2B, ...]` output (conditional half first): eps = uncond + scale (cond - uncond); the
+    variance values, if any, are the conditional half's (Open-Sora's `forward_with_cfg`)."""
+    cond, uncond = out.chunk(2, dim=0)
+    eps_c, v_c = split_output(cond, channels)
+    eps_u, _ = split_output(uncond, channels)
+    eps = eps_u + scale * (eps_c - eps_u)
+    return eps if v_c is None else torch.cat([eps, v_c], dim=1)
+
+
+def guided_model_fn(model: nn.Module, task: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                    cfg_video: float, cfg_audio: float | None = None) -> ModelFn:
+    """`model_fn(x, t)` with classifier-free guidance: one forward of 2B samples (text, then the null
+    embedding via drop_text), guidance on eps only, scale `cfg_video` for the video and `cfg_audio` (default:
+    the same) for the audio. A scale of 1 gives the conditional prediction."""
+    audio_scale = cfg_video if cfg_audio is None else cfg_audio
+    batch = task.shape[0]
+    drop = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)]).to(task.device)
+    task2, text2, mask2 = torch.cat([task, task]), torch.cat([text, text]), torch.cat([text_mask, text_mask])
+
+    def model_fn(x: Latents, t: torch.Tensor) -> Latents:
+        x2 = x.map(lambda a: torch.cat([a, a]))
+        out = model(x2, torch.cat([t, t]), task2, text2, mask2, drop)
+        return Latents(
+            video=_guide(out.video, x.video.shape[1], cfg_video),
+            audio=_guide(out.audio, x.audio.shape[1], audio_scale),
+        )
+
+    return model_fn

@@ -1,0 +1,97 @@
+"""IDDPM's hybrid training loss, masked to the generated positions of each task.
+
+loss = MSE(eps) + vb, where vb is the variational-bound term for the learned-range variance with the predicted
+mean detached (so vb trains only the variance): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the
+discretised Gaussian negative log-likelihood of x0 at t = 0, in bits, times num_timesteps / 1000 (IDDPM's
+rescaled hybrid loss, i.e. lambda = 1/1000 on the full bound).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from uniform_cli.diffusion.schedule import (
+    Schedule,
+    discretized_gaussian_log_likelihood,
+    learned_range_log_variance,
+    normal_kl,
+    q_posterior_mean_variance,
+    q_sample,
+    split_output,
+    x0_from_eps,
+)
+from uniform_cli.diffusion.tasks import broadcast_mask, generated_masks, keep_given
+from uniform_cli.types import Latents
+
+
+def noised_input(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents, task: torch.Tensor) -> Latents:
+    """The model's training input: x_t at generated positions, the clean x0 at given ones."""
+    x_t = x0.map(lambda x, n: q_sample(schedule, x, t, n), noise)
+    return keep_given(x_t, x0, generated_masks(task))
+
+
+def vb_terms(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+             eps: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Elementwise variational-bound term in bits (KL for t > 0, decoder NLL at t = 0) for a predicted eps and
+    learned-range value v; gradients flow through v and eps as given (detach eps to train the variance only)."""
+    true_mean, _, true_log_var = q_posterior_mean_variance(schedule, x0, x_t, t)
+    pred_x0 = x0_from_eps(schedule, x_t, t, eps)
+    model_mean, _, _ = q_posterior_mean_variance(schedule, pred_x0, x_t, t)
+    model_log_var = learned_range_log_variance(schedule, v, t)
+    kl = normal_kl(true_mean, true_log_var, model_mean, model_log_var) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var) / math.log(2.0)
+    return torch.where(broadcast_mask(t == 0, x0), nll, kl)
+
+
+def _mean_per_sample(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).mean(dim=1)
+
+
+@dataclass
+class LossTerms:
+    """The hybrid loss of a batch.
+
+    loss: `[B]`, the mean of (mse + vb) over every generated element of each sample (video and audio pooled).
+    mse, vb: per modality, `[B]` means over that modality's elements; 0 where the modality is given.
+    generated: per modality, bool `[B]`, which modality each sample generated (select these when logging).
+    """
+
+    loss: torch.Tensor
+    mse: Latents
+    vb: Latents
+    generated: Latents
+
+
+def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents, output: Latents,
+                task: torch.Tensor) -> LossTerms:
+    """IDDPM hybrid loss of a model `output` (eps, or eps then v per modality) computed on
+    `noised_input(schedule, x0, t, noise, task)`; given positions contribute nothing.
+
+    `t` are indices into `schedule` (the training schedule). Without v channels the loss is the MSE alone.
+    """
+    generated = generated_masks(task)
+    x_t = x0.map(lambda x, n: q_sample(schedule, x, t, n), noise)
+    scale = schedule.training_timesteps / 1000.0
+
+    def terms(x0_m: torch.Tensor, x_t_m: torch.Tensor, noise_m: torch.Tensor, out_m: torch.Tensor,
+              gen_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if out_m.shape[0] != x0_m.shape[0] or out_m.shape[2:] != x0_m.shape[2:]:
+            raise ValueError(f"model output {tuple(out_m.shape)} does not match latent {tuple(x0_m.shape)}")
+        eps, v = split_output(out_m.float(), x0_m.shape[1])
+        mse = _mean_per_sample((eps - noise_m.float()) ** 2)
+        if v is None:
+            vb = torch.zeros_like(mse)
+        else:
+            vb = _mean_per_sample(vb_terms(schedule, x0_m.float(), x_t_m.float(), t, eps.detach(), v)) * scale
+        keep = gen_m.to(mse.device)
+        count = keep.float() * x0_m[0].numel()
+        # torch.where (not a multiply) so a NaN at a given position cannot leak into the loss.
+        return torch.where(keep, mse, 0.0), torch.where(keep, vb, 0.0), count
+
+    mse_v, vb_v, n_v = terms(x0.video, x_t.video, noise.video, output.video, generated.video)
+    mse_a, vb_a, n_a = terms(x0.audio, x_t.audio, noise.audio, output.audio, generated.audio)
+    loss = ((mse_v + vb_v) * n_v + (mse_a + vb_a) * n_a) / (n_v + n_a)
+    return LossTerms(loss=loss, mse=Latents(mse_v, mse_a), vb=Latents(vb_v, vb_a), generated=generated)

@@ -1,0 +1,381 @@
+"""The batch runner behind `uniform generate`: a prompts CSV in, `{id}.mp4` + `{id}.wav` + results.jsonl out.
+
+    id,text,task,video,audio,seed
+    dog,a dog barks,t2av,,,
+    rain,,v2a,clips/rain.mkv,,7
+    drum,a drummer plays,a2v,,sounds/drum.flac,
+
+`task` (t2av, a2v, v2a) overrides `--task` per row; `video` is needed by V2A rows and `audio` by A2V rows (media
+paths relative to the CSV's folder, in any container, codec, fps or sample rate: they are prepared like
+`uniform clip` does). Every row is checked before any work and all problems are reported together.
+
+Each output is written atomically, then one JSON line is appended to `results.jsonl` (`results.shard-I-of-N.jsonl`
+when sharded); an output counts as done when its mp4, wav and results line all exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from uniform_cli.media.prepare import ClipSpec
+from uniform_cli.stage import Shard
+from uniform_cli.types import Task
+
+REQUIRED_COLUMNS = ("id", "text")
+OPTIONAL_COLUMNS = ("task", "video", "audio", "seed")
+MAX_SEED = 2**63 - 1
+_SAFE_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}")
+
+
+class PromptsError(ValueError):
+    """A prompts CSV that cannot be run; `problems` lists every one found (the message shows them all)."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s), nothing was generated:\n{shown}")
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One checked CSV row; media paths are resolved against the CSV's folder."""
+
+    id: str
+    text: str
+    task: Task
+    video: Path | None
+    audio: Path | None
+    seed: int | None
+    line: int
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One clip to generate: output name `{id}` (or `{id}_{k}` with several samples) and its seed."""
+
+    name: str
+    row: PromptRow
+    sample: int
+    seed: int
+
+
+def default_seed(base: int, row_id: str) -> int:
+    """The seed of a row without its own: `base` plus a hash of the id, so rows start from different noise
+    and a row's seed does not change when the CSV is reordered or sharded."""
+    return (base + zlib.crc32(row_id.encode())) % (MAX_SEED + 1)
+
+
+def _check_media(path: Path, needs: str, spec: ClipSpec | None) -> str | None:
+    """A reason why `path` cannot give `needs` ("video"/"audio") for a clip of `spec`, or None."""
+    from uniform_cli.media.prepare import PrepareError, probe
+
+    if not path.is_file():
+        return f"{needs} file {path} does not exist"
+    try:
+        info = probe(path)
+    except PrepareError as e:
+        return f"{needs} file {path} cannot be read: {e}"
+    if needs == "video" and not info.width:
+        return f"{path} has no video stream"
+    if needs == "audio" and not info.audio_rate:
+        return f"{path} has no audio stream"
+    if spec is not None and info.duration and info.duration + 1.0 / spec.fps < spec.seconds:
+        return f"{path} lasts {info.duration:.2f} s; a clip needs {spec.seconds:g} s"
+    return None
+
+
+def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpec | None = None,
+                 check_media: bool = True) -> list[PromptRow]:
+    """Read and check every row of a prompts CSV; raise PromptsError listing all problems at once.
+
+    Checks: the header has id and text; ids are present, unique and safe as file names; tasks are known;
+    V2A rows name a video and A2V rows an audio file that exists, has that stream and (with `spec`) lasts
+    long enough; seeds are integers in [0, 2^63).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PromptsError(path, [f"the prompts file {path} does not exist"])
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        records = list(reader)
+    if not header:
+        raise PromptsError(path, ["the file is empty; it needs a header row with at least: id,text"])
+    header = [h.strip().lower() for h in header]
+    problems = [f"missing column '{c}' (the header is: {','.join(header)})" for c in REQUIRED_COLUMNS
+                if c not in header]
+    duplicated = sorted({h for h in header if header.count(h) > 1 and h})
+    problems += [f"column '{c}' appears more than once in the header" for c in duplicated]
+    if problems:
+        raise PromptsError(path, problems)
+    col = {name: header.index(name) for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in header}
+    base = path.parent
+    rows: list[PromptRow] = []
+    first_line: dict[str, int] = {}
+    line = 1
+    for record in records:
+        line += 1
+        if not any(cell.strip() for cell in record):
+            continue  # blank line
+        where = f"line {line}"
+        if len(record) != len(header):
+            problems.append(f"{where}: {len(record)} cells for {len(header)} columns (quote text that holds commas)")
+            continue
+
+        def cell(name: str) -> str:
+            return record[col[name]].strip() if name in col else ""
+
+        row_id = cell("id")
+        if not row_id:
+            problems.append(f"{where}: empty id")
+        elif not _SAFE_ID.fullmatch(row_id) or row_id.endswith("."):
+            problems.append(f"{where}: id {row_id!r} is not safe as a file name (use letters, digits, _ - . "
+                            f"and at most 200 characters; no / or leading .)")
+        elif row_id in first_line:
+            problems.append(f"{where}: duplicate id {row_id!r} (first on line {first_line[row_id]})")
+        else:
+            first_line[row_id] = line
+        task = default_task
+        if cell("task"):
+            try:
+                task = Task.parse(cell("task"))
+            except ValueError as e:
+                problems.append(f"{where}: {e}")
+                task = None
+        seed = None
+        if cell("seed"):
+            try:
+                seed = int(cell("seed"))
+                if not 0 <= seed <= MAX_SEED:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{where}: seed {cell('seed')!r} is not an integer in [0, 2^63)")
+        media: dict[str, Path | None] = {}
+        for kind, needed_by in (("video", Task.V2A), ("audio", Task.A2V)):
+            media[kind] = (base / cell(kind)).expanduser() if cell(kind) else None
+            if task != needed_by:
+                continue
+            if media[kind] is None:
+                problems.append(f"{where}: task {needed_by.name.lower()} needs a {kind} file (the '{kind}' column)")
+            elif check_media:
+                reason = _check_media(media[kind], kind, spec)
+                if reason:
+                    problems.append(f"{where}: {reason}")
+        if task is not None:
+            rows.append(PromptRow(row_id, cell("text"), task, media["video"], media["audio"], seed, line))
+    if not rows and not problems:
+        problems.append("no rows: add one line per clip under the header")
+    if problems:
+        raise PromptsError(path, problems)
+    return rows
+
+
+def plan(rows: list[PromptRow], num_samples: int = 1, base_seed: int = 0,
+         source: Path = Path("prompts")) -> list[WorkItem]:
+    """One item per row and sample: `{id}` for one sample, `{id}_{k}` (seed + k) for several.
+    Raises PromptsError when two items would write the same file (e.g. ids `a` and `a_1` with 2 samples)."""
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, not {num_samples}")
+    items, owner, problems = [], {}, []
+    for row in rows:
+        seed = row.seed if row.seed is not None else default_seed(base_seed, row.id)
+        for k in range(num_samples):
+            name = row.id if num_samples == 1 else f"{row.id}_{k}"
+            if name in owner:
+                problems.append(f"line {row.line}: output {name} is also written for line {owner[name]}; rename an id")
+                continue
+            owner[name] = row.line
+            items.append(WorkItem(name, row, k, (seed + k) % (MAX_SEED + 1)))
+    if problems:
+        raise PromptsError(source, problems)
+    return items
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+def results_path(out_dir: Path, shard: Shard) -> Path:
+    return out_dir / f"results{shard.suffix}.jsonl"
+
+
+def read_done(out_dir: Path) -> set[str]:
+    """Names with a results line in any results file of `out_dir` (a partial last line is ignored)."""
+    done = set()
+    for path in sorted(out_dir.glob("results*.jsonl")):
+        for text in path.read_text(encoding="utf-8").splitlines():
+            try:
+                done.add(json.loads(text)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return done
+
+
+def is_done(out_dir: Path, name: str, done: set[str]) -> bool:
+    return name in done and (out_dir / f"{name}.mp4").is_file() and (out_dir / f"{name}.wav").is_file()
+
+
+def append_line(path: Path, record: dict) -> None:
+    """Append one JSON line; a partial line left by a killed run is cut first, so lines never merge."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class RunOptions:
+    """Sampling settings of a run (None: the checkpoint's `[generate]` default)."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_video: float | None = None
+    cfg_audio: float | None = None
+    batch_size: int = 4
+
+
+@dataclass
+class RunReport:
+    """What a run did: names generated, names that failed with why, and seconds."""
+
+    generated: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    clip_seconds: list[float] = field(default_factory=list)
+    """End-to-end seconds per generated clip (its share of the batch, plus writing)."""
+
+
+def batches(items: list[WorkItem], size: int) -> Iterator[list[WorkItem]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _prepare(item: WorkItem, spec: ClipSpec):
+    """The given media of one item (prepared frames for V2A, prepared wave for A2V)."""
+    from uniform_cli.media.prepare import prepare_media
+
+    row = item.row
+    if row.task == Task.V2A:
+        return prepare_media(row.video, spec, video=True, audio=False).video, None
+    if row.task == Task.A2V:
+        return None, prepare_media(row.audio, spec, video=False, audio=True).audio
+    return None, None
+
+
+def run_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOptions, shard: Shard = Shard(),
+              on_batch: Callable[[int], None] | None = None,
+              on_step: Callable[[int, int], None] | None = None) -> RunReport:
+    """Generate `items` in batches of `options.batch_size` with `pipeline`; write each clip's mp4 and wav, then
+    its results line. A row whose media cannot be prepared fails alone (recorded in the report)."""
+    from uniform_cli.generate.pipeline import peak_memory_bytes
+    from uniform_cli.media.io import MediaError, write_mp4, write_wav
+    from uniform_cli.stage import StageError
+
+    out_dir = Path(out_dir)
+    report = RunReport()
+    start = time.perf_counter()
+    results = results_path(out_dir, shard)
+    spec = pipeline.spec
+    for batch in batches(items, options.batch_size):
+        ready, videos, audios = [], [], []
+        for item in batch:
+            try:
+                video, audio = _prepare(item, spec)
+            except (StageError, MediaError) as e:
+                report.failed[item.name] = str(e)
+                continue
+            ready.append(item)
+            videos.append(video)
+            audios.append(audio)
+        if ready:
+            out = pipeline(
+                [item.row.text for item in ready],
+                [item.row.task for item in ready],
+                video=videos,
+                audio=audios,
+                sampler=options.sampler,
+                steps=options.steps,
+                cfg_video=options.cfg_video,
+                cfg_audio=options.cfg_audio,
+                seed=[item.seed for item in ready],
+                progress=on_step,
+            )
+            peak, peak_kind = peak_memory_bytes(pipeline.device)
+            share = {k: v / len(ready) for k, v in out.timings.items()}
+            for i, item in enumerate(ready):
+                clock = time.perf_counter()
+                write_wav(out_dir / f"{item.name}.wav", out.wave[i], out.sample_rate)
+                write_mp4(out_dir / f"{item.name}.mp4", out.frames[i], out.fps, audio=out.wave[i],
+                          sample_rate=out.sample_rate)
+                write = time.perf_counter() - clock
+                timings = {k: round(v, 4) for k, v in share.items()}
+                timings["write"] = round(write, 4)
+                timings["total"] = round(share["total"] + write, 4)
+                append_line(results, _record(pipeline, item, options, timings, len(ready), peak, peak_kind))
+                report.generated.append(item.name)
+                report.clip_seconds.append(timings["total"])
+        if on_batch:
+            on_batch(len(batch))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _record(pipeline, item: WorkItem, options: RunOptions, timings: dict, batch_size: int, peak: int,
+            peak_kind: str) -> dict:
+    d = pipeline.defaults
+    spec = pipeline.spec
+    row = item.row
+    return {
+        "id": item.name,
+        "row_id": row.id,
+        "sample": item.sample,
+        "task": row.task.name.lower(),
+        "text": row.text,
+        "video": str(row.video) if row.task == Task.V2A else None,
+        "audio": str(row.audio) if row.task == Task.A2V else None,
+        "seed": item.seed,
+        "sampler": options.sampler or d.sampler,
+        "steps": options.steps or d.steps,
+        "cfg_video": d.cfg_video if options.cfg_video is None else options.cfg_video,
+        "cfg_audio": d.cfg_audio if options.cfg_audio is None else options.cfg_audio,
+        "checkpoint": str(pipeline.checkpoint) if pipeline.checkpoint else None,
+        "mp4": f"{item.name}.mp4",
+        "wav": f"{item.name}.wav",
+        "fps": spec.fps,
+        "num_frames": spec.frames,
+        "size": spec.size,
+        "sample_rate": spec.sample_rate,
+        "num_samples": spec.samples,
+        "batch_size": batch_size,
+        "timings": timings,
+        "peak_memory_gb": round(peak / 2**30, 3),
+        "peak_memory_kind": peak_kind,
+        "device": str(pipeline.device),
+        "dtype": str(pipeline.dtype).removeprefix("torch."),
+    }
+
+
+def select(items: Iterable[WorkItem], shard: Shard, out_dir: Path, skip_existing: bool) -> tuple[list[WorkItem], int]:
+    """This shard's items, minus those already done when `skip_existing`; returns (todo, skipped)."""
+    mine = [item for item in items if shard.owns(item.name)]
+    if not skip_existing or not Path(out_dir).is_dir():
+        return mine, 0
+    done = read_done(Path(out_dir))
+    todo = [item for item in mine if not is_done(Path(out_dir), item.name, done)]
+    return todo, len(mine) - len(todo)
