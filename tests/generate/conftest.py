@@ -10,18 +10,6 @@ import pytest
 from tests.fixtures.checkpoint import make_checkpoint, make_codecs
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    """The tiny codecs are far faster on one thread: with several, threads wait on each other (and on other
-    processes sharing the cores) longer than they compute."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="package")
 def checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generate-checkpoint")

@@ -47,11 +47,11 @@ def main(
         )
         return
 
-    from uniform_cli.latents.loader import ShardError
+    from uniform_cli.latents.loader import ShardDataError
     from uniform_cli.train.loop import TrainingError, train
 
     try:
         train(cfg, resume=resume)
-    except (ShardError, TrainingError, FileNotFoundError) as e:
+    except (ShardDataError, TrainingError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)

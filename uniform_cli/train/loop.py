@@ -107,7 +107,11 @@ def initial_weights(model: torch.nn.Module, spec: str) -> str:
     elif kind == "opensora":
         report = ckpt.load_opensora_weights(model, path)
     elif kind == "uniform":
-        report = ckpt.load_uniform_weights(model, path)
+        source = ckpt.load_pretrained(path)
+        if source.cfg != model.cfg:
+            raise TrainingError(f"train.init_from {spec!r}: its model settings differ from the recipe's [model]")
+        model.load_state_dict(source.state_dict())
+        report = "all weights"
     else:
         raise TrainingError(f"train.init_from {spec!r}: use pixart:PATH, opensora:PATH or uniform:PATH")
     return f"{kind} weights from {path}: {report}"
@@ -119,7 +123,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
 
     from uniform_cli.diffusion.losses import hybrid_loss, noised_input
     from uniform_cli.diffusion.schedule import make_schedule
-    from uniform_cli.latents.loader import LatentLoader, check_shards
+    from uniform_cli.latents.loader import make_loader, shard_info
     from uniform_cli.model.uniform import build_model, num_tokens
     from uniform_cli.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
     from uniform_cli.train.ema import make_ema, update_ema
@@ -128,7 +132,12 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     cfg, data = recipe.train, recipe.data
     console = Console()
     # Everything that can be checked without work is checked first.
-    info = check_shards(data.shards, recipe.model)
+    info = shard_info(data.shards)
+    info.check_shapes(recipe.model.video_latent, recipe.model.audio_latent)
+    if info.text_dim is not None and info.text_dim != recipe.model.text_dim:
+        raise TrainingError(
+            f"the shards hold text embeddings of width {info.text_dim} but model.text_dim is {recipe.model.text_dim}"
+        )
     run_dir = Path(cfg.output_dir) / cfg.name
     ckpt_dir = run_dir / "checkpoints"
     resume_dir = resolve_checkpoint(resume, ckpt_dir) if resume else None
@@ -150,7 +159,8 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
         compile_blocks(engine.module)
     schedule = make_schedule(recipe.diffusion)
     text_encoder = None
-    if not info.has_text_embeddings:
+    text_free = info.text_dim is None and recipe.codec.text_encoder == "none"  # always the null text
+    if info.text_dim is None and not text_free:
         from uniform_cli.latents.text import TextEncoder
 
         text_encoder = TextEncoder.from_pretrained(
@@ -166,14 +176,14 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe_toml)
         console.print(f"[bold]uniform train[/bold] {cfg.name}: {note}; {world} process(es) on {device}; "
-                      f"{info.num_samples} samples in {len(info.shards)} shard(s); from step {step}")
+                      f"shards hold {info.num_samples} samples; from step {step}")
 
     accum = engine.gradient_accumulation_steps()
-    loader = LatentLoader(
-        info, batch_size=cfg.micro_batch, seed=cfg.seed, rank=rank, world_size=world,
-        num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer, start_batch=batches_seen,
+    loader = make_loader(
+        data.shards, cfg.micro_batch, seed=cfg.seed, rank=rank, world_size=world,
+        num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
     )
-    batches = iter(loader)
+    batches = loader.from_step(batches_seen)  # the stream an uninterrupted run would be at
     tokens = num_tokens(recipe.model)
     metrics_path = run_dir / "metrics.jsonl"
     writer = _tensorboard(run_dir) if rank == 0 else None
@@ -188,12 +198,16 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
             for micro in range(accum):
                 batch = next(batches)
                 batches_seen += 1
-                x0 = Latents(batch["video"], batch["audio"]).to(device=device, dtype=torch.float32)
+                x0 = batch.latents.to(device=device, dtype=torch.float32)
                 inputs = draw_step_inputs(x0, data, schedule.num_timesteps, step_generator(cfg.seed, step, micro, rank))
-                if text_encoder is not None:
-                    text, text_mask = text_encoder(batch["caption"])
+                if text_free:
+                    text = torch.zeros(x0.batch_size, 1, recipe.model.text_dim)
+                    text_mask = torch.zeros(x0.batch_size, 1, dtype=torch.bool)
+                    inputs.drop_text = torch.ones_like(inputs.drop_text)
+                elif text_encoder is not None:
+                    text, text_mask = text_encoder(batch.captions)
                 else:
-                    text, text_mask = batch["text"], batch["text_mask"]
+                    text, text_mask = batch.text, batch.text_mask
                 x_t = noised_input(schedule, inputs.x0, inputs.t, inputs.noise, inputs.task)
                 out = engine(x_t.to(dtype=dtype), inputs.t, inputs.task, text.to(device, dtype),
                              text_mask.to(device), inputs.drop_text)
