@@ -91,7 +91,8 @@ def test_tail_chunk_shapes(vae: OpenSoraVAE) -> None:
     frames = torch.cat([random_frames(20, 16, seed=1)] * 2)  # B=2, chunks of 17 + 3 frames
     latents = vae.encode(frames, sample=False)
     assert latents.shape == (2, 4, 6, 2, 2)
-    assert torch.equal(latents[0], latents[1])
+    # The same clip twice in a batch: equal up to float rounding (batched kernels may sum in another order).
+    torch.testing.assert_close(latents[0], latents[1], rtol=1e-5, atol=1e-6)
     assert vae.decode(latents, num_frames=20).shape == (2, 20, 16, 16, 3)
 
 
