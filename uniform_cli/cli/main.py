@@ -6,7 +6,7 @@ Subcommand modules import only typer at the top and the heavy libraries inside t
 
 import typer
 
-from uniform_cli.cli import caption, clip, encode, fetch, generate
+from uniform_cli.cli import caption, clip, demo, encode, fetch, generate
 from uniform_cli.cli import eval as eval_cmd
 from uniform_cli.cli import train
 
@@ -33,6 +33,7 @@ app.command("encode")(encode.main)
 app.command("train")(train.main)
 app.command("generate")(generate.main)
 app.command("eval")(eval_cmd.main)
+app.command("demo")(demo.main)
 
 if __name__ == "__main__":
     app()

@@ -44,7 +44,11 @@ def build_video_codec(cfg: CodecConfig, device: str | torch.device = "cpu", dtyp
         from uniform_cli.latents.video_vae import OpenSoraVAE
 
         return OpenSoraVAE.from_pretrained(cfg.video_vae, device=device, dtype=dtype)
-    raise CodecError(f"unknown video codec {cfg.video!r} in [codec] video; choose 'opensora'")
+    if cfg.video == "pixel":
+        from uniform_cli.latents.pixel import PixelCodec
+
+        return PixelCodec()
+    raise CodecError(f"unknown video codec {cfg.video!r} in [codec] video; choose 'opensora' or 'pixel'")
 
 
 def build_audio_codec(cfg: CodecConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AudioCodec:
@@ -53,4 +57,8 @@ def build_audio_codec(cfg: CodecConfig, device: str | torch.device = "cpu", dtyp
         from uniform_cli.latents.audio_vae import AudioLDMCodec
 
         return AudioLDMCodec.from_pretrained(cfg.audio_vae, device=device, dtype=dtype)
-    raise CodecError(f"unknown audio codec {cfg.audio!r} in [codec] audio; choose 'audioldm'")
+    if cfg.audio == "mel":
+        from uniform_cli.latents.melcodec import MelCodec
+
+        return MelCodec()
+    raise CodecError(f"unknown audio codec {cfg.audio!r} in [codec] audio; choose 'audioldm' or 'mel'")

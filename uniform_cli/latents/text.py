@@ -50,9 +50,12 @@ class TextEncoder:
         micro_batch: int = 32,
     ) -> "TextEncoder":
         """Load the tokenizer and the encoder; T5-family models load only their encoder (`T5EncoderModel`).
+        The name "hash" (or "hash:DIM") gives the weight-free `HashTextEncoder` instead.
 
         Raises CodecError saying what to download and where when the model or its tokenizer is missing.
         """
+        if HashTextEncoder.names(str(id_or_path)):
+            return HashTextEncoder.from_name(str(id_or_path), max_length=max_length, device=device)
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
         source = str(id_or_path)
@@ -115,3 +118,87 @@ class TextEncoder:
             hidden = self.model(input_ids=ids_chunk, attention_mask=mask_chunk).last_hidden_state  # B L D
             outs.append(hidden.float() * mask_chunk[..., None])
         return torch.cat(outs), mask
+
+
+HASH_NAME = "hash"
+HASH_DIM = 32
+HASH_VOCAB = 4096
+
+
+class HashTextEncoder:
+    """A weight-free text encoder for the demo: every word of a caption -> a fixed pseudo-random vector.
+
+    `codec.text_encoder = "hash"` (32 wide) or `"hash:DIM"`. A caption is lower-cased and split into words
+    (runs of letters and digits); word w becomes row blake2b(w) mod 4096 of a table drawn once from a fixed
+    seed, so the same word gives the same vector on every machine and different words almost surely differ.
+    It knows no language: captions that share words get related embeddings, nothing more. That is enough to
+    tell a model which of a few labelled kinds of clip to make, which is all the demo asks of it. Same
+    interface as `TextEncoder`: `__call__(texts)` -> (embeddings `B L D` float32, mask `B L` bool).
+    """
+
+    def __init__(self, dim: int = HASH_DIM, max_length: int = 300, device: str | torch.device = "cpu") -> None:
+        if dim < 1 or max_length < 1:
+            raise ValueError(f"hash text encoder needs a positive width and max_length, got {dim} and {max_length}")
+        self.max_length = max_length
+        self.model = HashEmbedding(dim).to(device)
+
+    @staticmethod
+    def names(id_or_path: str) -> bool:
+        """Whether a `codec.text_encoder` value names this encoder ("hash" or "hash:DIM")."""
+        return id_or_path == HASH_NAME or id_or_path.startswith(HASH_NAME + ":")
+
+    @classmethod
+    def from_name(cls, name: str, max_length: int = 300, device: str | torch.device = "cpu") -> "HashTextEncoder":
+        """"hash" or "hash:DIM" -> an encoder of that width."""
+        _, _, width = name.partition(":")
+        if width and not width.isdigit():
+            raise CodecError(f"text encoder {name!r}: write 'hash' or 'hash:DIM' with DIM a positive integer")
+        return cls(int(width) if width else HASH_DIM, max_length=max_length, device=device)
+
+    @property
+    def dim(self) -> int:
+        return self.model.table.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.table.device
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        import re
+
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (embeddings `B L D` float32, mask `B L` bool), L = most words in a caption (at least 1)."""
+        import hashlib
+
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("HashTextEncoder expects a list of caption strings")
+        if not texts:
+            raise ValueError("HashTextEncoder got no captions")
+        words = [self.words(t)[: self.max_length] for t in texts]
+        length = max(1, max(len(w) for w in words))
+        ids = torch.zeros(len(texts), length, dtype=torch.long)
+        mask = torch.zeros(len(texts), length, dtype=torch.bool)
+        for i, row in enumerate(words):
+            for j, word in enumerate(row):
+                digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+                ids[i, j] = int.from_bytes(digest, "little") % HASH_VOCAB
+                mask[i, j] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self.model(ids) * mask[..., None], mask
+
+
+class HashEmbedding(torch.nn.Module):
+    """The fixed table of `HashTextEncoder`: `HASH_VOCAB x D` unit-variance rows from a fixed seed (a buffer, not
+    a parameter: nothing here is learned or loaded)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        table = torch.randn(HASH_VOCAB, dim, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("table", table)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table[ids]

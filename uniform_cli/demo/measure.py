@@ -1,0 +1,102 @@
+"""What the demo measures: which kind of scene a clip looks and sounds like, and AV-Align over clip pairs.
+
+Nearest-kind classification uses simple features of the world, no learned weights:
+    video: frames pooled to 8 x 8, their mean colour over time and the standard deviation of their grey level
+           over time (what is where, in which colour, and where it moves)
+    audio: the log-mel's mean, standard deviation over time and mean absolute change between frames per mel bin
+           (which pitches sound, how much they vary, how impulsive they are)
+Every feature is standardised by the reference clips' statistics; a clip gets the kind of the nearest kind
+centroid. AV-Align pairs reuse the eval stage's own peak functions, so that every (video i, audio j) pair of a
+set is scored from one onset and one optical-flow pass per clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from uniform_cli.eval.av_align import audio_peak_times, peak_iou, video_peak_times
+from uniform_cli.media import mel as melspec
+
+
+def video_features(frames: np.ndarray) -> np.ndarray:
+    """uint8 `F H W 3` -> `256`: the colour frame pooled to 8 x 8 and averaged over time (what is where, in
+    which colour), and the standard deviation over time of the grey frame pooled to 8 x 8 (where it moves)."""
+    rgb = torch.from_numpy(np.asarray(frames)).float().permute(0, 3, 1, 2) / 255.0  # F 3 H W
+    pooled = F.adaptive_avg_pool2d(rgb, (8, 8))  # F 3 8 8
+    return torch.cat([pooled.mean(0).flatten(), pooled.mean(1).std(0).flatten()]).numpy()
+
+
+def audio_features(wave: np.ndarray, sample_rate: int = melspec.SAMPLE_RATE) -> np.ndarray:
+    """float `S` -> `192`: per mel bin, the log-mel's mean, its standard deviation over time and its mean
+    absolute frame-to-frame change."""
+    if sample_rate != melspec.SAMPLE_RATE:
+        raise ValueError(f"audio features expect {melspec.SAMPLE_RATE} Hz, got {sample_rate}")
+    wave_t = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None]
+    log_mel = melspec.log_mel_spectrogram(melspec.normalize_wave(wave_t))[0]  # T M
+    flux = (log_mel[1:] - log_mel[:-1]).abs().mean(0)
+    return torch.cat([log_mel.mean(0), log_mel.std(0), flux]).numpy()
+
+
+@dataclass
+class NearestKind:
+    """A nearest-centroid classifier over standardised features."""
+
+    kinds: list[str]
+    centroids: np.ndarray  # K D
+    mean: np.ndarray  # D
+    scale: np.ndarray  # D
+
+    @classmethod
+    def fit(cls, features: np.ndarray, kinds: list[str]) -> "NearestKind":
+        """Centroids of `features` (`N D`) per kind (`N` labels)."""
+        if len(features) != len(kinds) or not len(kinds):
+            raise ValueError(f"need one kind per feature row, got {len(features)} rows and {len(kinds)} kinds")
+        mean = features.mean(0)
+        std = features.std(0)
+        # a floor on the scale: a feature that barely varies over the reference clips (a pixel nothing ever
+        # crosses) must not turn tiny differences into huge distances
+        scale = std + 0.1 * std.mean() + 1e-6
+        z = (features - mean) / scale
+        names = sorted(set(kinds))
+        labels = np.array(kinds)
+        centroids = np.stack([z[labels == k].mean(0) for k in names])
+        return cls(names, centroids, mean, scale)
+
+    def predict(self, features: np.ndarray) -> list[str]:
+        z = (np.atleast_2d(features) - self.mean) / self.scale
+        distance = ((z[:, None, :] - self.centroids[None]) ** 2).sum(-1)  # N K
+        return [self.kinds[i] for i in distance.argmin(1)]
+
+    def accuracy(self, features: np.ndarray, kinds: list[str]) -> float:
+        """Share of rows whose predicted kind is the given one."""
+        if not len(kinds):
+            return float("nan")
+        return float(np.mean([p == k for p, k in zip(self.predict(features), kinds)]))
+
+
+@dataclass
+class Peaks:
+    """One clip's AV-Align peaks (seconds), computed once."""
+
+    audio: np.ndarray
+    video: np.ndarray
+
+
+def clip_peaks(frames: np.ndarray, fps: float, wave: np.ndarray, sample_rate: int) -> Peaks:
+    return Peaks(audio_peak_times(wave, sample_rate), video_peak_times(frames, fps))
+
+
+def paired_av_align(peaks: list[Peaks], fps: float) -> np.ndarray:
+    """AV-Align of every clip with its own sound, `N`."""
+    return np.array([peak_iou(p.audio, p.video, fps) for p in peaks])
+
+
+def shuffled_av_align(peaks: list[Peaks], fps: float) -> np.ndarray:
+    """AV-Align of every mismatched pair (video of clip i, sound of clip j != i), `N (N - 1)`: the baseline of
+    sound and picture that have nothing to do with each other."""
+    return np.array([peak_iou(a.audio, v.video, fps)
+                     for i, v in enumerate(peaks) for j, a in enumerate(peaks) if i != j])

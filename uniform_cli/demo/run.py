@@ -1,0 +1,360 @@
+"""The demo driver: the built-in world through every real stage of the toolkit, then what came out, measured.
+
+    world     uniform_cli.demo.world          OUT/world/sources/*.mp4 + world.csv (a toolkit manifest)
+    clip      `uniform clip`                  OUT/data/clips/  (32 x 32, 17 fps, 4 s, 16 kHz)
+    caption   `uniform caption --captioner labels`
+    encode    `uniform encode --recipe`       OUT/data/shards/ ("pixel" + "mel" latents, "hash" text)
+    train     `uniform train`                 OUT/runs/demo/   (DeepSpeed, gloo on the CPU)
+    generate  `uniform generate` per task     OUT/generated/{t2av,a2v,v2a}/*.mp4|.wav
+    eval      uniform_cli.eval.run.evaluate   OUT/generated/{task}/metrics.json (AV-Align)
+    report    contact sheet, AV-Align table (generated, reference, shuffled pairs), nearest-kind accuracy
+
+Stages run as `python -m uniform_cli.cli.main ...` subprocesses in OUT, exactly as a user would type them;
+their own progress and summaries are shown. T2AV is asked for each kind by its caption; A2V and V2A get the
+held-out test clips' sound or picture and no text, so what they make comes from the given modality alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from uniform_cli.atomic import write_text_atomic
+
+MARKER = ".uniform-demo"
+"""A file in OUT saying the demo made it, so a rerun may clear what it made before."""
+PRODUCTS = ("world", "data", "runs", "prompts", "generated", "recipe.toml", "contact_sheet.png", "summary.json")
+TASKS = ("t2av", "a2v", "v2a")
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says which stage failed and where its output is."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How big a demo to run (the recipe sets the model, codecs, clip format and training)."""
+
+    train_per_kind: int = 32
+    """Training clips per kind of scene."""
+    test_per_kind: int = 4
+    """Held-out clips per kind: references, and the given media of A2V and V2A."""
+    steps: int | None = None
+    """Training steps (default: the recipe's)."""
+    sample_steps: int | None = None
+    """Sampling steps (default: the recipe's [generate] steps)."""
+    seed: int = 0
+    """Seed of the world (and of training and sampling through the recipe)."""
+    workers: int = 2
+    """Worker processes / threads of the data stages."""
+
+
+QUICK = DemoSettings(train_per_kind=2, test_per_kind=1, steps=4, sample_steps=2)
+"""A shortened run (the test suite's): every stage runs, on a handful of clips, with a barely trained model."""
+
+
+@dataclass
+class DemoReport:
+    """What the demo measured (also written to OUT/summary.json)."""
+
+    out: str
+    seconds: dict[str, float]
+    """Wall-clock seconds per stage, and "total"."""
+    av_align: dict[str, float]
+    """Mean AV-Align per row of the table."""
+    accuracy: dict[str, float]
+    """Nearest-kind accuracy per row ("video" / "audio" suffixes)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Clips behind each row."""
+    sheet: str = ""
+
+
+def default_recipe() -> Path:
+    """recipes/demo.toml of the source tree this package is installed from."""
+    path = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
+    if not path.is_file():
+        raise DemoError(f"cannot find the demo recipe at {path}; pass --recipe PATH (a copy of recipes/demo.toml)")
+    return path
+
+
+def prepare_out(out: Path) -> None:
+    """Make OUT ready: an empty or new folder, or one an earlier demo made (its products are removed)."""
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise DemoError(f"--out {out} is not empty and was not made by `uniform demo`; give a new or empty folder")
+        for name in PRODUCTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `uniform demo`; a rerun with the same --out replaces its contents\n")
+
+
+class Stages:
+    """Runs `uniform` subcommands in OUT and keeps the wall-clock time of each named stage."""
+
+    def __init__(self, out: Path, console) -> None:
+        self.out = out
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    def timed(self, name: str):
+        stages = self
+
+        class _Timer:
+            def __enter__(self):
+                stages.console.rule(f"[bold]{name}")
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                stages.seconds[name] = stages.seconds.get(name, 0.0) + time.perf_counter() - self.start
+                return False
+
+        return _Timer()
+
+    def uniform(self, *args: str) -> None:
+        """`uniform ARGS` in OUT (as `python -m uniform_cli.cli.main`, the same program); DemoError on failure."""
+        command = [sys.executable, "-m", "uniform_cli.cli.main", *map(str, args)]
+        self.console.print(f"$ uniform {' '.join(map(str, args))}", style="dim", markup=False, highlight=False)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        done = subprocess.run(command, cwd=self.out, env=env)
+        if done.returncode != 0:
+            raise DemoError(f"`uniform {' '.join(map(str, args))}` failed (exit {done.returncode}) in {self.out}; "
+                            f"its messages are above")
+
+
+def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSettings = DemoSettings(),
+             console=None) -> DemoReport:
+    """Run the whole demo into `out`; prints the stages' output and the final table, returns the numbers."""
+    from rich.console import Console
+
+    from uniform_cli.config import load_recipe, recipe_to_toml
+    from uniform_cli.demo.world import WorldSpec, write_world
+
+    console = console or Console()
+    start = time.perf_counter()
+    out = Path(out).resolve()
+    recipe_path = Path(recipe) if recipe is not None else default_recipe()
+    overrides = ['data.shards=["data/shards"]', 'train.output_dir="runs"', f"train.seed={settings.seed}"]
+    if settings.steps is not None:
+        overrides += [f"train.steps={settings.steps}", f"train.checkpoint_every={settings.steps}"]
+    cfg = load_recipe(recipe_path, overrides)
+    if cfg.codec.text_encoder != "hash" or cfg.codec.video != "pixel" or cfg.codec.audio != "mel":
+        console.print("[yellow]note:[/yellow] this recipe does not use the weight-free demo codecs; they need weights")
+    prepare_out(out)
+    write_text_atomic(out / "recipe.toml", f"# resolved from {recipe_path} by `uniform demo`\n" + recipe_to_toml(cfg))
+    stages = Stages(out, console)
+    data = cfg.data
+
+    with stages.timed("world"):
+        spec = WorldSpec()
+        _, clips = write_world(out / "world", {"train": settings.train_per_kind, "test": settings.test_per_kind},
+                               seed=settings.seed, spec=spec)
+        console.print(f"{len(clips)} sources of {spec.seconds:g} s at {spec.width}x{spec.height}, {spec.fps:g} fps, "
+                      f"{spec.sample_rate} Hz in {out / 'world/sources'}; manifest {out / 'world/world.csv'}")
+    with stages.timed("clip"):
+        stages.uniform("clip", "world/world.csv", "--root", "data", "--fps", data.fps, "--size", data.size,
+                       "--seconds", data.seconds, "--sample-rate", data.sample_rate, "--workers", settings.workers)
+    with stages.timed("caption"):
+        stages.uniform("caption", "world/world.csv", "--root", "data", "--captioner", "labels")
+    with stages.timed("encode"):
+        stages.uniform("encode", "world/world.csv", "--root", "data", "--recipe", "recipe.toml",
+                       "--workers", settings.workers)
+    with stages.timed("train"):
+        stages.uniform("train", "recipe.toml")
+    checkpoint = Path("runs") / cfg.train.name / "checkpoints" / "latest"
+
+    test = [c for c in clips if c.split == "test"]
+    with stages.timed("generate"):
+        for task in TASKS:
+            prompts = write_prompts(out / "prompts" / f"{task}.csv", task, test)
+            args = ["generate", prompts.relative_to(out), "--checkpoint", checkpoint, "--task", task,
+                    "--out", f"generated/{task}"]
+            if settings.sample_steps is not None:
+                args += ["--steps", settings.sample_steps]
+            stages.uniform(*args)
+
+    with stages.timed("eval"):
+        from uniform_cli.eval.run import evaluate, write_metrics
+
+        for task in TASKS:
+            folder = out / "generated" / task
+            result = evaluate(folder, metrics=["av-align"])
+            write_metrics(folder / "metrics.json", result)
+            console.print(f"{folder / 'metrics.json'}: AV-Align {result.values['av_align']:.3f}")
+    with stages.timed("report"):
+        report = measure(out, clips, cfg, console)
+    stages.seconds["total"] = time.perf_counter() - start
+    report.seconds = stages.seconds
+    write_text_atomic(out / "summary.json", json.dumps(asdict(report), indent=2) + "\n")
+    print_report(report, console)
+    return report
+
+
+def write_prompts(path: Path, task: str, test: list) -> Path:
+    """The prompts CSV of one task: T2AV asks for each test clip's kind by its caption; A2V and V2A give the
+    test clip's prepared sound or picture and no text."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "task", "video", "audio", "seed"])
+        for i, c in enumerate(test):
+            clip = f"../data/clips/{c.key}"
+            if task == "t2av":
+                w.writerow([c.key, c.label, task, "", "", i])
+            elif task == "a2v":
+                w.writerow([c.key, "", task, "", f"{clip}.wav", i])
+            else:
+                w.writerow([c.key, "", task, f"{clip}.mp4", "", i])
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+def _load(folder: Path, key: str) -> tuple[np.ndarray, float, np.ndarray, int]:
+    from uniform_cli.media.io import read_audio, read_video
+
+    frames, fps = read_video(folder / f"{key}.mp4")
+    wave, rate = read_audio(folder / f"{key}.wav")
+    return frames, fps, wave, rate
+
+
+def measure(out: Path, clips: list, cfg, console) -> DemoReport:
+    """AV-Align rows, nearest-kind accuracies and the contact sheet, from the files the stages wrote."""
+    import torch
+
+    from uniform_cli.demo.measure import (
+        NearestKind,
+        audio_features,
+        clip_peaks,
+        paired_av_align,
+        shuffled_av_align,
+        video_features,
+    )
+    from uniform_cli.demo.sheet import SheetBlock, SheetRow, write_contact_sheet
+    from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
+
+    clip_dir = out / "data" / "clips"
+    train = [c for c in clips if c.split == "train"]
+    test = [c for c in clips if c.split == "test"]
+    fps = float(cfg.data.fps)
+
+    train_media = [_load(clip_dir, c.key) for c in train]
+    video_kind = NearestKind.fit(np.stack([video_features(m[0]) for m in train_media]), [c.kind for c in train])
+    audio_kind = NearestKind.fit(np.stack([audio_features(m[2], m[3]) for m in train_media]), [c.kind for c in train])
+    kinds = [c.kind for c in test]
+
+    reference = {c.key: _load(clip_dir, c.key) for c in test}
+    generated = {task: {c.key: _load(out / "generated" / task, c.key) for c in test} for task in TASKS}
+    # The reference through the weight-free codecs: what a perfect model could give back at best.
+    video_codec, audio_codec = build_video_codec(cfg.codec), build_audio_codec(cfg.codec)
+    roundtrip = {}
+    for c in test:
+        frames, clip_fps, wave, rate = reference[c.key]
+        video = video_codec.decode(video_codec.encode(torch.from_numpy(frames)[None]), len(frames))[0].numpy()
+        audio = audio_codec.decode(audio_codec.encode(torch.from_numpy(wave)[None]))[0].numpy()
+        roundtrip[c.key] = (video, clip_fps, audio, rate)
+
+    def peaks(media: dict) -> list:
+        return [clip_peaks(media[c.key][0], media[c.key][1], media[c.key][2], media[c.key][3]) for c in test]
+
+    ref_peaks, t2av_peaks = peaks(reference), peaks(generated["t2av"])
+    av_align = {
+        "reference": paired_av_align(ref_peaks, fps),
+        "reference, shuffled pairs": shuffled_av_align(ref_peaks, fps),
+        "reference through the codecs": paired_av_align(peaks(roundtrip), fps),
+        "T2AV generated": paired_av_align(t2av_peaks, fps),
+        "T2AV generated, shuffled pairs": shuffled_av_align(t2av_peaks, fps),
+        "A2V generated (sound given)": paired_av_align(peaks(generated["a2v"]), fps),
+        "V2A generated (picture given)": paired_av_align(peaks(generated["v2a"]), fps),
+    }
+
+    def accuracy(media: dict, modality: str) -> float:
+        if modality == "video":
+            return video_kind.accuracy(np.stack([video_features(media[c.key][0]) for c in test]), kinds)
+        return audio_kind.accuracy(np.stack([audio_features(media[c.key][2], media[c.key][3]) for c in test]), kinds)
+
+    acc = {
+        "reference video": accuracy(reference, "video"),
+        "reference audio": accuracy(reference, "audio"),
+        "reference through the codecs video": accuracy(roundtrip, "video"),
+        "reference through the codecs audio": accuracy(roundtrip, "audio"),
+        "T2AV generated video": accuracy(generated["t2av"], "video"),
+        "T2AV generated audio": accuracy(generated["t2av"], "audio"),
+        "A2V generated (sound given) video": accuracy(generated["a2v"], "video"),
+        "V2A generated (picture given) audio": accuracy(generated["v2a"], "audio"),
+    }
+
+    blocks = []
+    for kind in sorted({c.kind for c in test}):
+        c = next(x for x in test if x.kind == kind)
+        pred_v = {t: video_kind.predict(video_features(generated[t][c.key][0]))[0] for t in TASKS}
+        pred_a = {t: audio_kind.predict(audio_features(generated[t][c.key][2], generated[t][c.key][3]))[0]
+                  for t in TASKS}
+        rows = [
+            SheetRow("reference", reference[c.key][0], reference[c.key][2], reference[c.key][3], f"{c.key}"),
+            SheetRow("T2AV", generated["t2av"][c.key][0], generated["t2av"][c.key][2], generated["t2av"][c.key][3],
+                     f"looks {pred_v['t2av']}, sounds {pred_a['t2av']}"),
+            SheetRow("A2V (sound given)", generated["a2v"][c.key][0], generated["a2v"][c.key][2],
+                     generated["a2v"][c.key][3], f"looks {pred_v['a2v']}"),
+            SheetRow("V2A (picture given)", generated["v2a"][c.key][0], generated["v2a"][c.key][2],
+                     generated["v2a"][c.key][3], f"sounds {pred_a['v2a']}"),
+        ]
+        blocks.append(SheetBlock(f"{kind}: \"{c.label}\"", rows))
+    sheet = write_contact_sheet(out / "contact_sheet.png", blocks,
+                                "uniform demo: frames (left) and log-mel (right, time across, pitch up)")
+    console.print(f"contact sheet: {sheet}")
+    counts = {name: int(len(v)) for name, v in av_align.items()}
+    return DemoReport(
+        out=str(out),
+        seconds={},
+        av_align={name: float(np.mean(v)) for name, v in av_align.items()},
+        accuracy=acc,
+        counts=counts,
+        sheet=str(sheet),
+    )
+
+
+def print_report(report: DemoReport, console) -> None:
+    """The closing tables: AV-Align and nearest-kind accuracy per row, then the time per stage."""
+    from rich.table import Table
+
+    table = Table(title="uniform demo: held-out clips and what the model made of them")
+    table.add_column("clips")
+    table.add_column("pairs", justify="right")
+    table.add_column("AV-Align", justify="right")
+    table.add_column("looks like its kind", justify="right")
+    table.add_column("sounds like its kind", justify="right")
+
+    def pct(key: str) -> str:
+        value = report.accuracy.get(key)
+        return "given" if value is None else f"{100 * value:.0f}%"
+
+    for name, value in report.av_align.items():
+        shuffled = "shuffled" in name
+        video = "" if shuffled else ("given" if "picture given" in name else pct(f"{name} video"))
+        audio = "" if shuffled else ("given" if "sound given" in name else pct(f"{name} audio"))
+        table.add_row(name, str(report.counts.get(name, "")), f"{value:.3f}", video, audio)
+    console.print(table)
+    console.print("AV-Align: IoU of sound onsets and motion peaks (eval stage); shuffled pairs put one clip's "
+                  "picture with another's sound. Kind: nearest kind centroid of the training clips on simple "
+                  "picture / sound features; chance is 1 in 4.")
+    times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items() if k != "total")
+    total = report.seconds["total"]
+    console.print(f"time: {times}; [bold]total {total:.0f} s[/bold] ({total / 60:.1f} min)")
+    console.print(f"outputs: {report.out}/generated/{{t2av,a2v,v2a}}/*.mp4, contact sheet {report.sheet}, "
+                  f"numbers {report.out}/summary.json")
