@@ -61,6 +61,7 @@ def test_resumed_run_repeats_the_uninterrupted_one_exactly(tmp_path, shards):
     record = json.loads((whole / "metrics.jsonl").read_text().splitlines()[-1])
     for field in ("grad_norm", "lr", "samples_per_s", "tokens_per_s", "memory_gb"):
         assert np.isfinite(record[field]), field
+    assert record["grad_norm"] > 0
     assert any(k.startswith("loss_") for k in record)
     assert (whole / "recipe.toml").read_text() == recipe_to_toml(make_recipe(tmp_path, shards, "whole"))
 

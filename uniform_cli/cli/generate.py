@@ -72,6 +72,8 @@ def main(
         fail(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if batch_size is not None and batch_size < 1:
         fail("--batch-size must be at least 1")
+    if steps is not None and steps < 2:
+        fail("--steps must be at least 2 (the first and the last timestep)")
     if sampler is not None and sampler not in ("ddpm", "ddim", "dpm++"):
         fail(f"--sampler must be ddpm, ddim or dpm++, not {sampler!r}")
     try:

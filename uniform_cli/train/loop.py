@@ -222,6 +222,8 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
                         f"{run_dir}/nonfinite_step_{step:06d}/ (try a lower lr, fp32, or check the shards)"
                     )
                 engine.backward(loss)
+                if micro == accum - 1:
+                    grad_norm = _local_grad_norm(engine.module)  # before step() clears the gradients
                 engine.step()
                 losses.append(terms.loss.detach())
                 tasks_seen.append(inputs.task)
@@ -230,7 +232,8 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
             update_ema(ema, engine.module, cfg.ema_decay)
             seconds = time.perf_counter() - t0
             if rank == 0 and (step % cfg.log_every == 0 or step == end):
-                record = _metrics(step, torch.cat(losses), torch.cat(tasks_seen), engine, cfg.batch_size, seconds, tokens)
+                record = _metrics(step, torch.cat(losses), torch.cat(tasks_seen), engine, grad_norm,
+                                  cfg.batch_size, seconds, tokens)
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
@@ -257,8 +260,14 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     return run_dir
 
 
-def _metrics(step: int, loss: torch.Tensor, task: torch.Tensor, engine, batch: int, seconds: float,
-             tokens: int) -> dict[str, Any]:
+def _local_grad_norm(model: torch.nn.Module) -> float | None:
+    """The gradient norm from the parameters' own .grad (None under ZeRO, which keeps gradients elsewhere)."""
+    grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.stack(grads).norm().item() if grads else None
+
+
+def _metrics(step: int, loss: torch.Tensor, task: torch.Tensor, engine, local_norm: float | None, batch: int,
+             seconds: float, tokens: int) -> dict[str, Any]:
     record: dict[str, Any] = {"step": step, "loss": loss.mean().item()}
     for t, name in TASK_NAMES.items():
         sel = task == t
@@ -266,9 +275,8 @@ def _metrics(step: int, loss: torch.Tensor, task: torch.Tensor, engine, batch: i
             record[f"loss_{name}"] = loss[sel].mean().item()
     norm = engine.get_global_grad_norm()
     if norm is None:  # plain (non-ZeRO) fp32 path: DeepSpeed does not keep the norm
-        grads = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
-        norm = torch.stack(grads).norm().item() if grads else 0.0
-    record["grad_norm"] = float(norm)
+        norm = local_norm
+    record["grad_norm"] = float("nan") if norm is None else float(norm)
     record["lr"] = engine.get_lr()[0]
     record["samples_per_s"] = batch / seconds
     record["tokens_per_s"] = batch * tokens / seconds
