@@ -70,3 +70,14 @@ def test_bad_input_is_a_clear_error():
         flow_trajectory(flash_frames()[:1])
     with pytest.raises(AVAlignError, match="non-empty"):
         audio_peak_times(np.zeros(0, np.float32), SAMPLE_RATE)
+
+
+def test_rounding_noise_makes_no_motion_peak():
+    from uniform_cli.eval.av_align import local_maxima_times
+
+    flat = np.full(30, 0.25)
+    wobble = flat + np.random.default_rng(0).normal(scale=1e-10, size=30)  # OpenCV's run-to-run differences
+    assert len(local_maxima_times(wobble, 17.0)) == 0
+    bumps = flat.copy()
+    bumps[[5, 17]] += 0.01
+    np.testing.assert_allclose(local_maxima_times(bumps + wobble, 17.0), [5 / 17, 17 / 17])

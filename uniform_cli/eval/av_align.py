@@ -65,12 +65,19 @@ def flow_trajectory(frames: np.ndarray) -> np.ndarray:
     return np.asarray([magnitudes[0], *magnitudes], dtype=np.float64)
 
 
+PEAK_TOLERANCE = 1e-6
+"""Relative margin by which a peak must exceed its neighbours. OpenCV's optical flow differs between calls in
+the last bits (threaded sums); on a nearly static picture that alone would make and unmake peaks."""
+
+
 def local_maxima_times(trajectory: np.ndarray, fps: float) -> np.ndarray:
-    """Times (index / fps) of the strict interior local maxima of a 1-D trajectory."""
+    """Times (index / fps) of the strict interior local maxima of a 1-D trajectory (by more than
+    PEAK_TOLERANCE times its largest magnitude, so that rounding noise makes no peak)."""
     x = np.asarray(trajectory, dtype=np.float64)
     if len(x) < 3:
         return np.zeros(0)
-    is_peak = (x[1:-1] > x[:-2]) & (x[1:-1] > x[2:])
+    tol = PEAK_TOLERANCE * float(np.abs(x).max())
+    is_peak = (x[1:-1] - x[:-2] > tol) & (x[1:-1] - x[2:] > tol)
     return (np.flatnonzero(is_peak) + 1) / fps
 
 
