@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import string
-import time
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Small typed bundles that travel between stages: tasks, latents and media."""
+"""Small typed bundles that travel between stages: tasks and latents."""
 
 from __future__ import annotations
 
@@ -51,16 +51,3 @@ class Latents:
     def batch_size(self) -> int:
         return self.video.shape[0]
 
-
-@dataclass
-class Media:
-    """A prepared clip: what `clip` writes and what the codecs encode.
-
-    video: uint8 `F H W 3` (68 x 256 x 256 x 3 at the paper's settings)
-    audio: float32 `S` mono samples in [-1, 1] (64,000 at 16 kHz)
-    """
-
-    video: "numpy.ndarray"  # noqa: F821 (numpy imported lazily by users)
-    audio: "numpy.ndarray"  # noqa: F821
-    fps: float
-    sample_rate: int

@@ -154,6 +154,20 @@ def _place(wave: np.ndarray, sound: np.ndarray, at: float, sample_rate: int) -> 
     wave[i + lo : i + len(sound)] += sound[lo : len(wave) - i]
 
 
+def _periodic_events(phase: float, period: float, seconds: float) -> list[float]:
+    """The instants phase + k * period (any integer k) that fall in [0, seconds)."""
+    first = phase - period * np.ceil(phase / period)
+    return [float(e) for e in np.arange(first, seconds, period) if e >= 0]
+
+
+def _sound_track(spec: WorldSpec, events: list[float], sound: Callable[[], np.ndarray]) -> np.ndarray:
+    """A silent track of the source's length with `sound()` placed at each event (one call per event)."""
+    wave = np.zeros(round(spec.seconds * spec.sample_rate), dtype=np.float32)
+    for e in events:
+        _place(wave, sound(), e, spec.sample_rate)
+    return wave
+
+
 def click(rng: np.random.Generator, sample_rate: int, decay: float = 0.012) -> np.ndarray:
     """A broadband click: white noise with a fast exponential decay."""
     t = np.arange(int(8 * decay * sample_rate)) / sample_rate
@@ -190,10 +204,8 @@ def bouncing_ball(rng: np.random.Generator, spec: WorldSpec) -> Scene:
     u = ((t - phase) / period) % 1.0
     y = floor - radius - height * 4 * u * (1 - u)
     canvas.disc(_constant(n, x), y, radius, _colour("ball", rng))
-    events = [float(e) for e in np.arange(phase - period * np.ceil(phase / period), spec.seconds, period) if e >= 0]
-    wave = np.zeros(round(spec.seconds * spec.sample_rate), dtype=np.float32)
-    for e in events:
-        _place(wave, click(rng, spec.sample_rate), e, spec.sample_rate)
+    events = _periodic_events(phase, period, spec.seconds)
+    wave = _sound_track(spec, events, lambda: click(rng, spec.sample_rate))
     return Scene("ball", "bouncing ball", canvas.frames(), wave, spec.fps, spec.sample_rate, events,
                  {"period": period, "height": height, "phase": phase, "x": x})
 
@@ -221,9 +233,7 @@ def flashing_light(rng: np.random.Generator, spec: WorldSpec) -> Scene:
     colours = np.where(lit[:, None], colour[None], 0.15 * colour[None])
     canvas.box(_constant(n, cx - half), _constant(n, cy - half), _constant(n, cx + half), _constant(n, cy + half),
                colours)
-    wave = np.zeros(round(spec.seconds * spec.sample_rate), dtype=np.float32)
-    for e in events:
-        _place(wave, beep(freq, lit_for, spec.sample_rate), e, spec.sample_rate)
+    wave = _sound_track(spec, events, lambda: beep(freq, lit_for, spec.sample_rate))
     return Scene("light", "flashing light", canvas.frames(), wave, spec.fps, spec.sample_rate, events,
                  {"lit_for": lit_for, "freq": freq, "half": half})
 
@@ -243,10 +253,8 @@ def knocking_block(rng: np.random.Generator, spec: WorldSpec) -> Scene:
     u = ((t - phase) / period) % 1.0
     cx = wall - half - reach * 4 * u * (1 - u)
     canvas.box(cx - half, _constant(n, cy - half), cx + half, _constant(n, cy + half), _colour("block", rng))
-    events = [float(e) for e in np.arange(phase - period * np.ceil(phase / period), spec.seconds, period) if e >= 0]
-    wave = np.zeros(round(spec.seconds * spec.sample_rate), dtype=np.float32)
-    for e in events:
-        _place(wave, knock(freq, spec.sample_rate), e, spec.sample_rate)
+    events = _periodic_events(phase, period, spec.seconds)
+    wave = _sound_track(spec, events, lambda: knock(freq, spec.sample_rate))
     return Scene("block", "knocking block", canvas.frames(), wave, spec.fps, spec.sample_rate, events,
                  {"period": period, "reach": reach, "phase": phase, "freq": freq})
 
