@@ -64,11 +64,25 @@ def test_whistle_pitch_follows_height():
     scene = render_scene("whistle", seed=2, spec=SPEC)
     height = -_object_rows(scene.frames).astype(float)  # higher on screen = smaller row
     pitch = []
-    for i in range(len(scene.frames)):
+    frames = [i for i in range(len(scene.frames)) if int(i / scene.fps * scene.sample_rate) + 1024 <= len(scene.wave)]
+    for i in frames:
         a = int(i / scene.fps * scene.sample_rate)
         chunk = scene.wave[a : a + 1024] * np.hanning(1024)
         pitch.append(np.argmax(np.abs(np.fft.rfft(chunk))))
-    assert np.corrcoef(height[:-1], pitch[:-1])[0, 1] > 0.95
+    assert np.corrcoef(height[frames], pitch)[0, 1] > 0.95
+
+
+def test_block_moves_only_right_after_each_knock():
+    scene = render_scene("block", seed=4, spec=SPEC)
+    knocks = _onsets(scene.wave, scene.sample_rate)
+    assert len(scene.events) >= 3
+    np.testing.assert_allclose(knocks, scene.events, atol=1e-3)  # the sound starts at the knock
+    change = np.abs(np.diff(scene.frames.astype(int), axis=0)).max(axis=(1, 2, 3))  # frame i -> i + 1
+    times = (np.arange(len(change)) + 1) / scene.fps  # when the later frame of each pair is shown
+    since = np.array([min([t - e for e in scene.events if e <= t], default=np.inf) for t in times])
+    assert (change[since > 0.25] <= 2).all()  # at rest (up to rounding) from 0.25 s after a knock
+    moving = since <= 1.0 / scene.fps + 1e-9  # the first frame after each knock
+    assert (change[moving] > 40).all()
 
 
 def test_same_seed_same_scene_and_kinds_differ():
@@ -112,7 +126,7 @@ def test_written_world_survives_the_clip_stage_in_sync(tmp_path: Path):
         frame = event * fps
         near = [i for i in range(len(rows)) if abs(i - frame) <= 3]
         if near[0] > 0 and near[-1] < len(rows) - 1:
-            # the ball's lowest frame around a click is within one clip frame of it (the source's 25 fps
-            # frames are shown from their timestamp on, so the picture may trail by up to 1/25 s)
+            # the ball's lowest frame around a click is within one clip frame of it (the source's 34 fps
+            # frames are shown from their timestamp on, so the picture may trail by up to 1/34 s)
             lowest = max(near, key=lambda i: rows[i])
             assert abs(lowest - frame) <= 1.0, f"click at {event:.2f} s, ball lowest at {lowest / fps:.2f} s"

@@ -2,16 +2,18 @@
 
     bouncing ball             a ball falls and bounces on a floor; every impact clicks
     flashing light            a lamp flashes at random instants; every flash beeps while it is lit
-    knocking block            a block is pulled sideways against a wall; every hit knocks (a low damped tone)
+    knocking block            a block rests until it is knocked and slides; every knock sounds (a low damped tone)
     rising and falling whistle a ball floats up and down; a whistle's pitch follows its height
 
 Each clip draws its own parameters (positions, periods, phases, pitches, flash times, shades) from a seeded
 generator, so a seed gives the same clip on every machine; each kind has its own object colour. Scenes are
-rendered as real sources, the way a camera would deliver them: 4:3 frames (96 x 72 by default) at 25 fps and
+rendered as real sources, the way a camera would deliver them: 4:3 frames (96 x 72 by default) at 34 fps and
 32 kHz audio, 5 s long, of which the manifest asks for the 4 s starting at 0.5 s; everything that matters
 stays inside the central square, so `uniform clip` (17 fps, 32 x 32 centre crop, 16 kHz, as recipes/demo.toml
 asks) keeps it. The picture is deliberately simple and large-scale, so that a tiny model trained for minutes on
-a CPU can learn it.
+a CPU can learn it. 34 fps is twice the clip rate: a source rate that 17 fps does not divide (25 fps) makes the
+clip stage repeat or skip source frames unevenly, and that judder alone puts a motion peak every other frame,
+which would drown AV-Align's motion peaks.
 
 `write_world` writes `sources/{key}.mp4` (H.264 + AAC), a toolkit manifest `world.csv`
 (id,url,start,end,label,split) that the real stages consume, and `world.jsonl` with every clip's parameters and
@@ -38,7 +40,7 @@ class WorldSpec:
     width: int = 96
     height: int = 72
     """Frame size; the scene lives in the central height x height square."""
-    fps: float = 25.0
+    fps: float = 34.0
     sample_rate: int = 32000
     seconds: float = 5.0
     """Length of each source."""
@@ -160,6 +162,16 @@ def _periodic_events(phase: float, period: float, seconds: float) -> list[float]
     return [float(e) for e in np.arange(first, seconds, period) if e >= 0]
 
 
+def _random_events(rng: np.random.Generator, seconds: float, gap_min: float, gap_max: float) -> list[float]:
+    """Instants from [0, 0.6) on, each gap_min .. gap_max after the last, up to `seconds` - 0.2."""
+    events: list[float] = []
+    e = rng.uniform(0.0, 0.6)
+    while e < seconds - 0.2:
+        events.append(float(e))
+        e += rng.uniform(gap_min, gap_max)
+    return events
+
+
 def _sound_track(spec: WorldSpec, events: list[float], sound: Callable[[], np.ndarray]) -> np.ndarray:
     """A silent track of the source's length with `sound()` placed at each event (one call per event)."""
     wave = np.zeros(round(spec.seconds * spec.sample_rate), dtype=np.float32)
@@ -218,11 +230,7 @@ def flashing_light(rng: np.random.Generator, spec: WorldSpec) -> Scene:
     colour = _colour("light", rng)
     lit_for = rng.uniform(0.12, 0.2)
     freq = rng.uniform(900, 1800)
-    events: list[float] = []
-    e = rng.uniform(0.0, 0.6)
-    while e < spec.seconds - lit_for:
-        events.append(float(e))
-        e += rng.uniform(0.45, 1.1)
+    events = _random_events(rng, spec.seconds, 0.45, 1.1)
     lit = np.zeros(n, dtype=bool)
     for e in events:
         lit |= (t >= e) & (t < e + lit_for)
@@ -239,24 +247,26 @@ def flashing_light(rng: np.random.Generator, spec: WorldSpec) -> Scene:
 
 
 def knocking_block(rng: np.random.Generator, spec: WorldSpec) -> Scene:
-    """A block is pulled towards the right wall and bounces back (a sideways parabola); a knock per hit."""
+    """A block rests until it is knocked (at random instants at least 0.5 s apart); each knock sends it
+    sliding sideways, left and right in turn, fastest at the knock, and friction stops it after 0.15 s."""
     canvas = Canvas(spec, _background(rng))
     t = canvas.times
     n = len(t)
-    wall, half = 0.9, 0.12
-    period = rng.uniform(0.6, 1.1)
-    reach = rng.uniform(0.35, 0.55)
-    phase = rng.uniform(0, period)
-    cy = rng.uniform(0.35, 0.65)
+    half = rng.uniform(0.11, 0.14)
+    cy = rng.uniform(0.4, 0.6)
+    slide = rng.uniform(0.25, 0.35)  # distance of each slide, scene units
+    glide = 0.15  # seconds from the knock to rest
     freq = rng.uniform(180, 320)
-    canvas.box(_constant(n, wall), _constant(n, 0.0), _constant(n, 1.0), _constant(n, 1.0), np.full(3, 0.1))
-    u = ((t - phase) / period) % 1.0
-    cx = wall - half - reach * 4 * u * (1 - u)
+    events = _random_events(rng, spec.seconds, 0.5, 1.0)
+    cx = np.full(n, 0.5 - slide / 2)
+    for k, e in enumerate(events):
+        step = slide * (1 - (1 - np.clip((t - e) / glide, 0, 1)) ** 3)  # speed falls from its peak to 0
+        cx += step if k % 2 == 0 else -step
+    canvas.box(_constant(n, 0.0), _constant(n, cy + half), _constant(n, 1.0), _constant(n, 1.0), np.full(3, 0.1))
     canvas.box(cx - half, _constant(n, cy - half), cx + half, _constant(n, cy + half), _colour("block", rng))
-    events = _periodic_events(phase, period, spec.seconds)
     wave = _sound_track(spec, events, lambda: knock(freq, spec.sample_rate))
     return Scene("block", "knocking block", canvas.frames(), wave, spec.fps, spec.sample_rate, events,
-                 {"period": period, "reach": reach, "phase": phase, "freq": freq})
+                 {"slide": slide, "freq": freq, "half": half})
 
 
 def pitch_ball(rng: np.random.Generator, spec: WorldSpec) -> Scene:
