@@ -96,3 +96,19 @@ def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignme
 
     lamps = [clip_peaks(sc.frames, 17.0, sc.wave, 16000) for (k, s), sc in scenes.items() if k == "light"]
     assert paired_av_align(lamps, 17.0).mean() > 2 * shuffled_av_align(lamps, 17.0).mean()
+
+
+def test_audio_features_are_measured_from_the_clip_s_own_background_level():
+    """A clip is peak-normalised before its log-mel, so one loud instant lowers every other level of the clip;
+    the features are taken relative to the clip's median level, so that alone does not move them."""
+    from uniform_cli.demo.measure import audio_features
+    from uniform_cli.demo.world import WorldSpec, render_scene
+
+    spec = WorldSpec(width=32, height=32, fps=17.0, sample_rate=16000, seconds=4.0, start=0.0, clip_seconds=4.0)
+    wave = render_scene("whistle", 0, spec).wave
+    louder = wave.copy()
+    louder[32000:32080] += 0.99 - np.abs(wave[32000:32080]).max()  # a 5 ms bump, louder than the whistle
+    assert np.abs(louder).max() > 2 * np.abs(wave).max()
+    mean_levels = slice(0, 64)  # the first 64 features: the mean log-mel per bin
+    shift = audio_features(louder)[mean_levels] - audio_features(wave)[mean_levels]
+    assert np.abs(shift).max() < 0.5, shift

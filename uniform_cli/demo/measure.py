@@ -4,7 +4,8 @@ Nearest-kind classification uses simple features of the world, no learned weight
     video: frames pooled to 8 x 8, their mean colour over time and the standard deviation of their grey level
            over time (what is where, in which colour, and where it moves)
     audio: the log-mel's mean, standard deviation over time and mean absolute change between frames per mel bin
-           (which pitches sound, how much they vary, how impulsive they are)
+           (which pitches sound, how much they vary, how impulsive they are), with levels taken relative to the
+           clip's median level (the codec peak-normalises each clip, so one loud instant would lower all the rest)
 Every feature is standardised by the reference clips' statistics; a clip gets the kind of the nearest kind
 centroid. AV-Align pairs reuse the eval stage's own peak functions, so that every (video i, audio j) pair of a
 set is scored from one onset and one optical-flow pass per clip.
@@ -31,12 +32,13 @@ def video_features(frames: np.ndarray) -> np.ndarray:
 
 
 def audio_features(wave: np.ndarray, sample_rate: int = melspec.SAMPLE_RATE) -> np.ndarray:
-    """float `S` -> `192`: per mel bin, the log-mel's mean, its standard deviation over time and its mean
-    absolute frame-to-frame change."""
+    """float `S` -> `192`: per mel bin, the log-mel's mean (relative to the clip's median level), its standard
+    deviation over time and its mean absolute frame-to-frame change."""
     if sample_rate != melspec.SAMPLE_RATE:
         raise ValueError(f"audio features expect {melspec.SAMPLE_RATE} Hz, got {sample_rate}")
     wave_t = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None]
     log_mel = melspec.log_mel_spectrogram(melspec.normalize_wave(wave_t))[0]  # T M
+    log_mel = log_mel - log_mel.median()
     flux = (log_mel[1:] - log_mel[:-1]).abs().mean(0)
     return torch.cat([log_mel.mean(0), log_mel.std(0), flux]).numpy()
 
