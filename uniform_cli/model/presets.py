@@ -16,14 +16,14 @@ PRESETS: dict[str, ModelConfig] = {
         text_len=16,
     ),
     # The demo (`uniform demo`, recipes/demo.toml): trains in minutes on a 2-core CPU. Latents of the weight-free
-    # codecs for 32 x 32, 68-frame clips: "pixel" video [12, 20, 4, 4] and "mel" audio [16, 100, 4]; 32-wide
-    # "hash" word embeddings of captions of at most 8 words. 320 tokens per clip.
+    # codecs for 32 x 32, 68-frame clips: "pixel" video [24, 20, 4, 4] and "mel" audio [16, 100, 4]; 32-wide
+    # "hash" word embeddings of captions of at most 8 words. 240 tokens per clip.
     "demo": ModelConfig(
         preset="demo",
         hidden_size=128,
         depth=2,
         num_heads=4,
-        video_latent=(12, 20, 4, 4),
+        video_latent=(24, 20, 4, 4),
         audio_latent=(16, 100, 4),
         text_dim=32,
         text_len=8,
