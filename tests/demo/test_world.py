@@ -63,12 +63,9 @@ def test_light_is_lit_exactly_while_it_beeps():
 def test_whistle_pitch_follows_height():
     scene = render_scene("whistle", seed=2, spec=SPEC)
     height = -_object_rows(scene.frames).astype(float)  # higher on screen = smaller row
-    pitch = []
-    frames = [i for i in range(len(scene.frames)) if int(i / scene.fps * scene.sample_rate) + 1024 <= len(scene.wave)]
-    for i in frames:
-        a = int(i / scene.fps * scene.sample_rate)
-        chunk = scene.wave[a : a + 1024] * np.hanning(1024)
-        pitch.append(np.argmax(np.abs(np.fft.rfft(chunk))))
+    starts = (np.arange(len(scene.frames)) / scene.fps * scene.sample_rate).astype(int)  # sample of each frame
+    frames = np.flatnonzero(starts + 1024 <= len(scene.wave))  # frames with a whole 1024-sample window
+    pitch = [np.argmax(np.abs(np.fft.rfft(scene.wave[a : a + 1024] * np.hanning(1024)))) for a in starts[frames]]
     assert np.corrcoef(height[frames], pitch)[0, 1] > 0.95
 
 
