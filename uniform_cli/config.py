@@ -84,6 +84,13 @@ class DiffusionConfig:
     """Last beta of the linear schedule (for 1,000 steps; rescaled for other counts)."""
     learn_sigma: bool = True
     """Learned-range variance trained with the variational bound (hybrid loss)."""
+    prediction: str = "eps"
+    """What the model predicts: "eps", the noise (the paper, IDDPM), or "v" = sqrt(abar) eps - sqrt(1 - abar) x0
+    (Salimans & Ho 2022), whose x0 estimate stays bounded at high noise, where eps errors are amplified."""
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("eps", "v"):
+            raise ConfigError(f"diffusion.prediction must be 'eps' or 'v', not {self.prediction!r}")
 
 
 @dataclass

@@ -5,7 +5,7 @@ import torch
 
 from uniform_cli.config import DiffusionConfig
 from uniform_cli.diffusion.losses import hybrid_loss, noised_input, vb_terms
-from uniform_cli.diffusion.schedule import make_schedule, q_sample
+from uniform_cli.diffusion.schedule import make_schedule, q_sample, v_from_eps
 from uniform_cli.types import Latents, Task
 
 BASE = make_schedule(DiffusionConfig())
@@ -66,6 +66,21 @@ def test_loss_pools_generated_elements_and_mse_is_the_noise_error():
     n_v, n_a = x0.video[0].numel(), x0.audio[0].numel()
     pooled = ((terms.mse.video + terms.vb.video) * n_v + (terms.mse.audio + terms.vb.audio) * n_a) / (n_v + n_a)
     torch.testing.assert_close(terms.loss, pooled)
+
+
+def test_v_prediction_loss_is_the_v_error_and_its_vb_matches_eps_prediction():
+    x0, noise, output, t = _batch()
+    v_schedule = make_schedule(DiffusionConfig(prediction="v"))
+    tasks = torch.zeros(B, dtype=torch.long)
+    v = x0.map(lambda x, n: v_from_eps(v_schedule, x, t, n), noise)
+    out_v = Latents(torch.cat([v.video + 0.1, output.video[:, 4:]], 1), torch.cat([v.audio, output.audio[:, 8:]], 1))
+    terms = hybrid_loss(v_schedule, x0, t, noise, out_v, tasks)
+    torch.testing.assert_close(terms.mse.video, torch.full((B,), 0.01))
+    torch.testing.assert_close(terms.mse.audio, torch.zeros(B), atol=1e-10, rtol=0)
+    # The exact v is the exact eps: the variance term is the one an eps model with the true noise gets.
+    out_eps = Latents(torch.cat([noise.video, output.video[:, 4:]], 1), torch.cat([noise.audio, output.audio[:, 8:]], 1))
+    torch.testing.assert_close(terms.vb.audio, hybrid_loss(BASE, x0, t, noise, out_eps, tasks).vb.audio,
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_vb_is_zero_for_the_true_mean_and_posterior_variance():

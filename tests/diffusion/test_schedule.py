@@ -8,15 +8,18 @@ import torch
 from uniform_cli.config import DiffusionConfig
 from uniform_cli.diffusion.schedule import (
     discretized_gaussian_log_likelihood,
+    eps_from_v,
     eps_from_x0,
     learned_range_log_variance,
     make_schedule,
     normal_kl,
+    output_as_eps,
     p_mean_variance,
     q_posterior_mean_variance,
     q_sample,
     respace,
     spaced_timesteps,
+    v_from_eps,
     x0_from_eps,
 )
 
@@ -87,6 +90,24 @@ def test_eps_x0_conversions_invert_forward_noising():
     x_t = q_sample(BASE, x0, t, noise)
     torch.testing.assert_close(x0_from_eps(BASE, x_t, t, noise), x0)
     torch.testing.assert_close(eps_from_x0(BASE, x_t, t, x0), noise)
+
+
+def test_v_prediction_converts_to_the_true_noise_and_keeps_variance_channels():
+    x0, noise = torch.randn(3, 4, 2, 4, 4, dtype=torch.float64), torch.randn(3, 4, 2, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 300, 999])
+    x_t = q_sample(BASE, x0, t, noise)
+    v = v_from_eps(BASE, x0, t, noise)
+    torch.testing.assert_close(eps_from_v(BASE, x_t, t, v), noise)
+    # x0 = sqrt(abar) x_t - sqrt(1 - abar) v
+    abar = BASE.alphas_cumprod[t].reshape(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(abar.sqrt() * x_t - (1 - abar).sqrt() * v, x0)
+    var = torch.rand_like(x0)
+    v_schedule = make_schedule(DiffusionConfig(prediction="v"))
+    torch.testing.assert_close(output_as_eps(v_schedule, torch.cat([v, var], 1), x_t, t), torch.cat([noise, var], 1))
+    assert output_as_eps(BASE, v, x_t, t) is v  # an eps schedule leaves the output alone
+    assert respace(v_schedule, [0, 500, 999]).prediction == "v"
+    with pytest.raises(ValueError, match="prediction"):
+        DiffusionConfig(prediction="x0")
 
 
 def test_p_mean_variance_with_true_noise_is_the_posterior():

@@ -1,6 +1,6 @@
 """IDDPM's hybrid training loss, masked to the generated positions of each task.
 
-loss = MSE(eps) + vb, where vb is the variational-bound term for the learned-range variance with the predicted
+loss = MSE(eps) + vb (MSE(v) + vb when the schedule's prediction is "v"), where vb is the variational-bound term for the learned-range variance with the predicted
 mean detached (so vb trains only the variance): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the
 discretised Gaussian negative log-likelihood of x0 at t = 0, in bits, times num_timesteps / 1000 (IDDPM's
 rescaled hybrid loss, i.e. lambda = 1/1000 on the full bound).
@@ -16,11 +16,13 @@ import torch
 from uniform_cli.diffusion.schedule import (
     Schedule,
     discretized_gaussian_log_likelihood,
+    eps_from_v,
     learned_range_log_variance,
     normal_kl,
     q_posterior_mean_variance,
     q_sample,
     split_output,
+    v_from_eps,
     x0_from_eps,
 )
 from uniform_cli.diffusion.tasks import broadcast_mask, generated_masks, keep_given
@@ -67,10 +69,11 @@ class LossTerms:
 
 def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents, output: Latents,
                 task: torch.Tensor) -> LossTerms:
-    """IDDPM hybrid loss of a model `output` (eps, or eps then v per modality) computed on
-    `noised_input(schedule, x0, t, noise, task)`; given positions contribute nothing.
+    """IDDPM hybrid loss of a model `output` (the prediction, optionally followed by the learned-range variance
+    values, per modality) computed on `noised_input(schedule, x0, t, noise, task)`; given positions contribute
+    nothing. The prediction is eps or v as `schedule.prediction` says, and the MSE is taken against that target.
 
-    `t` are indices into `schedule` (the training schedule). Without v channels the loss is the MSE alone.
+    `t` are indices into `schedule` (the training schedule). Without variance channels the loss is the MSE alone.
     """
     generated = generated_masks(task)
     x_t = x0.map(lambda x, n: q_sample(schedule, x, t, n), noise)
@@ -80,8 +83,13 @@ def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents
               gen_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if out_m.shape[0] != x0_m.shape[0] or out_m.shape[2:] != x0_m.shape[2:]:
             raise ValueError(f"model output {tuple(out_m.shape)} does not match latent {tuple(x0_m.shape)}")
-        eps, v = split_output(out_m.float(), x0_m.shape[1])
-        mse = _mean_per_sample((eps - noise_m.float()) ** 2)
+        pred, v = split_output(out_m.float(), x0_m.shape[1])
+        if schedule.prediction == "v":
+            target = v_from_eps(schedule, x0_m.float(), t, noise_m.float())
+            eps = eps_from_v(schedule, x_t_m.float(), t, pred)
+        else:
+            target, eps = noise_m.float(), pred
+        mse = _mean_per_sample((pred - target) ** 2)
         if v is None:
             vb = torch.zeros_like(mse)
         else:

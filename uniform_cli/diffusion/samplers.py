@@ -1,7 +1,8 @@
 """Samplers over a respaced schedule: ancestral DDPM (learned variance), DDIM and DPM-Solver++(2M).
 
-Each is one short loop. `model_fn(x, t_original) -> Latents` returns eps (or eps then the learned-range value v)
-per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (per the task) are reset
+Each is one short loop. `model_fn(x, t_original) -> Latents` returns the model's prediction (eps or v, as the
+schedule's `prediction` says; the loops turn v into eps), optionally followed by the learned-range variance
+values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (per the task) are reset
 to their clean values before every model call and in the result, so only generated positions are sampled.
 Noise and given latents should be float32; the loops compute in the noise's dtype.
 """
@@ -15,6 +16,7 @@ import torch
 from uniform_cli.diffusion.schedule import (
     Schedule,
     extract,
+    output_as_eps,
     p_mean_variance,
     respace,
     spaced_timesteps,
@@ -55,6 +57,11 @@ def _randn_like(x: Latents, generator: Generators) -> Latents:
                                       for g in generator]))
 
 
+def _eps(model_fn: ModelFn, spaced: Schedule, x: Latents, i: torch.Tensor, t: torch.Tensor) -> Latents:
+    """The model's output at x (respaced index i, original step t) with eps as its prediction channels."""
+    return x.map(lambda x_m, o: output_as_eps(spaced, o.to(x_m.dtype), x_m, i), model_fn(x, t))
+
+
 def _check(noise: Latents, given: Latents, task: torch.Tensor) -> Latents:
     if noise.video.shape != given.video.shape or noise.audio.shape != given.audio.shape:
         raise ValueError(
@@ -77,7 +84,7 @@ def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
     x = keep_given(noise, given, generated)
     plan = _steps(spaced, noise.batch_size, noise.video.device)
     for n, (i, t) in enumerate(plan):
-        out = model_fn(x, t)
+        out = _eps(model_fn, spaced, x, i, t)
         step = x.map(lambda x_m, o: p_mean_variance(spaced, o.to(x_m.dtype), x_m, i), out)
         if n == len(plan) - 1:
             x = step.map(lambda p: p.mean)
@@ -109,7 +116,7 @@ def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
         return mean + sigma * z  # sigma is 0 at the last step (abar_prev = 1)
 
     for n, (i, t) in enumerate(plan):
-        out = model_fn(x, t)
+        out = _eps(model_fn, spaced, x, i, t)
         z = _randn_like(x, generator) if eta > 0 else x.map(torch.zeros_like)
         x = keep_given(x.map(lambda x_m, o, z_m: update(x_m, o, z_m, i), out, z), given, generated)
         if progress is not None:
@@ -137,7 +144,7 @@ def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: Latents, giv
     x0_prev: Latents | None = None
 
     for n, (i, t) in enumerate(plan):
-        out = model_fn(x, t)
+        out = _eps(model_fn, spaced, x, i, t)
         x0 = x.map(lambda x_m, o: x0_from_eps(spaced, x_m, i, split_output(o.to(x_m.dtype), x_m.shape[1])[0]), out)
         if n == len(plan) - 1:
             x = x0

@@ -34,6 +34,8 @@ class Schedule:
     timestep_map: torch.Tensor  # long [N]
     training_timesteps: int
     """Steps of the training schedule this one was derived from (for the IDDPM loss scaling)."""
+    prediction: str = "eps"
+    """What the model's first C output channels are: "eps" (the noise) or "v" (see `eps_from_v`)."""
 
     @property
     def num_timesteps(self) -> int:
@@ -41,7 +43,7 @@ class Schedule:
 
 
 def schedule_from_betas(betas: torch.Tensor, timestep_map: torch.Tensor | None = None,
-                        training_timesteps: int | None = None) -> Schedule:
+                        training_timesteps: int | None = None, prediction: str = "eps") -> Schedule:
     """All derived IDDPM arrays of a beta sequence."""
     betas = betas.to(torch.float64)
     if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas <= 1)).all()):
@@ -64,6 +66,7 @@ def schedule_from_betas(betas: torch.Tensor, timestep_map: torch.Tensor | None =
         posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
         timestep_map=timestep_map.to(torch.long),
         training_timesteps=training_timesteps or betas.numel(),
+        prediction=prediction,
     )
 
 
@@ -74,7 +77,7 @@ def make_schedule(cfg: DiffusionConfig) -> Schedule:
         raise ValueError(f"diffusion.num_timesteps must be at least 2, not {cfg.num_timesteps}")
     scale = 1000.0 / cfg.num_timesteps
     betas = torch.linspace(scale * cfg.beta_start, scale * cfg.beta_end, cfg.num_timesteps, dtype=torch.float64)
-    return schedule_from_betas(betas)
+    return schedule_from_betas(betas, prediction=cfg.prediction)
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -97,7 +100,8 @@ def respace(schedule: Schedule, timesteps: list[int]) -> Schedule:
     index = torch.tensor(kept, dtype=torch.long)
     abar = schedule.alphas_cumprod[index]
     abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    return schedule_from_betas(1.0 - abar / abar_prev, schedule.timestep_map[index], schedule.training_timesteps)
+    return schedule_from_betas(1.0 - abar / abar_prev, schedule.timestep_map[index], schedule.training_timesteps,
+                               schedule.prediction)
 
 
 def extract(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -130,6 +134,28 @@ def eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, x0: torc
     """eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
     abar = extract(schedule.alphas_cumprod, t, x_t)
     return (x_t - abar.sqrt() * x0) / (1.0 - abar).sqrt()
+
+
+def v_from_eps(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target: v = sqrt(abar) eps - sqrt(1 - abar) x0."""
+    abar = extract(schedule.alphas_cumprod, t, x0)
+    return abar.sqrt() * eps - (1.0 - abar).sqrt() * x0
+
+
+def eps_from_v(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """eps = sqrt(1 - abar) x_t + sqrt(abar) v (so x0 = sqrt(abar) x_t - sqrt(1 - abar) v)."""
+    abar = extract(schedule.alphas_cumprod, t, x_t)
+    return (1.0 - abar).sqrt() * x_t + abar.sqrt() * v
+
+
+def output_as_eps(schedule: Schedule, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A model output at x_t with its prediction channels as eps (whatever `schedule.prediction` says they are);
+    learned-variance channels, if any, pass through. `t` indexes `schedule`."""
+    if schedule.prediction == "eps":
+        return out
+    pred, var = split_output(out, x_t.shape[1])
+    eps = eps_from_v(schedule, x_t, t, pred)
+    return eps if var is None else torch.cat([eps, var], dim=1)
 
 
 def learned_range_log_variance(schedule: Schedule, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
