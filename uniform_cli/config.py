@@ -72,6 +72,10 @@ class ModelConfig:
             )
 
 
+PREDICTIONS = ("eps", "v", "x0")
+"""What a model can be trained to predict (`diffusion.prediction`)."""
+
+
 @dataclass
 class DiffusionConfig:
     """IDDPM: schedule and loss."""
@@ -85,12 +89,15 @@ class DiffusionConfig:
     learn_sigma: bool = True
     """Learned-range variance trained with the variational bound (hybrid loss)."""
     prediction: str = "eps"
-    """What the model predicts: "eps", the noise (the paper, IDDPM), or "v" = sqrt(abar) eps - sqrt(1 - abar) x0
-    (Salimans & Ho 2022), whose x0 estimate stays bounded at high noise, where eps errors are amplified."""
+    """What the model predicts: "eps", the noise (the paper, IDDPM); "v" = sqrt(abar) eps - sqrt(1 - abar) x0
+    (Salimans & Ho 2022); or "x0", the clean latent, trained with the v error it implies (Li & He 2025, "Back to
+    Basics: Let Denoising Generative Models Denoise"). v and x0 keep the x0 estimate bounded at high noise,
+    where eps errors are amplified; x0 also suits tokens nearly as wide as the model, which cannot carry the
+    noise that eps and v must reproduce at low noise."""
 
     def __post_init__(self) -> None:
-        if self.prediction not in ("eps", "v"):
-            raise ConfigError(f"diffusion.prediction must be 'eps' or 'v', not {self.prediction!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, not {self.prediction!r}")
 
 
 @dataclass

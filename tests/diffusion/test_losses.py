@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from uniform_cli.config import DiffusionConfig
-from uniform_cli.diffusion.losses import hybrid_loss, noised_input, vb_terms
+from uniform_cli.diffusion.losses import X0_LOSS_MIN_SIGMA, hybrid_loss, noised_input, vb_terms
 from uniform_cli.diffusion.schedule import make_schedule, q_sample, v_from_eps
 from uniform_cli.types import Latents, Task
 
@@ -81,6 +81,17 @@ def test_v_prediction_loss_is_the_v_error_and_its_vb_matches_eps_prediction():
     out_eps = Latents(torch.cat([noise.video, output.video[:, 4:]], 1), torch.cat([noise.audio, output.audio[:, 8:]], 1))
     torch.testing.assert_close(terms.vb.audio, hybrid_loss(BASE, x0, t, noise, out_eps, tasks).vb.audio,
                                atol=1e-4, rtol=1e-4)
+
+
+def test_x0_prediction_loss_is_the_implied_v_error_with_a_floored_noise_level():
+    x0, noise, output, t = _batch()  # t = 0, 1, 500, 999
+    schedule = make_schedule(DiffusionConfig(prediction="x0"))
+    out = Latents(torch.cat([x0.video + 0.1, output.video[:, 4:]], 1), torch.cat([x0.audio, output.audio[:, 8:]], 1))
+    terms = hybrid_loss(schedule, x0, t, noise, out, torch.zeros(B, dtype=torch.long))
+    sigma = (1 - schedule.alphas_cumprod[t]).sqrt().clamp(min=X0_LOSS_MIN_SIGMA).float()
+    torch.testing.assert_close(terms.mse.video, 0.01 / sigma**2)
+    assert sigma[0] == sigma[1] == X0_LOSS_MIN_SIGMA  # the nearly clean steps share the floor
+    torch.testing.assert_close(terms.mse.audio, torch.zeros(B))
 
 
 def test_vb_is_zero_for_the_true_mean_and_posterior_variance():

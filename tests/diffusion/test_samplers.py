@@ -70,26 +70,28 @@ def test_exact_predictor_reproduces_gaussian_data(name, steps, var_rtol):
         assert sample.var().item() == pytest.approx(std**2, rel=var_rtol)
 
 
+@pytest.mark.parametrize("prediction", ["v", "x0"])
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
-def test_v_prediction_samples_like_the_same_model_predicting_eps(name):
-    """The exact predictor written as v on a v schedule gives the eps schedule's samples (same noise)."""
+def test_v_and_x0_prediction_sample_like_the_same_model_predicting_eps(name, prediction):
+    """The exact predictor written as v (or x0) on such a schedule gives the eps schedule's samples (same noise)."""
     steps = 20
-    v_base = make_schedule(DiffusionConfig(prediction="v"))
+    other = make_schedule(DiffusionConfig(prediction=prediction))
     exact = _exact_gaussian_model_fn(sampling_schedule(BASE, steps))
 
-    def as_v(x: Latents, t: torch.Tensor) -> Latents:
+    def rewritten(x: Latents, t: torch.Tensor) -> Latents:
         def one(x_m: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
             abar = extract(BASE.alphas_cumprod, t, x_m)
             eps, var = o.chunk(2, dim=1)
             x0 = (x_m - (1 - abar).sqrt() * eps) / abar.sqrt()
-            return torch.cat([abar.sqrt() * eps - (1 - abar).sqrt() * x0, var], dim=1)
+            pred = x0 if prediction == "x0" else abar.sqrt() * eps - (1 - abar).sqrt() * x0
+            return torch.cat([pred, var], dim=1)
 
         return x.map(one, exact(x, t))
 
     noise = Latents(torch.randn(2, 4, 4, 8, 8), torch.randn(2, 8, 20, 8))
     given, task = noise.map(torch.zeros_like), torch.full((2,), int(Task.T2AV))
     outs = []
-    for schedule, model_fn in ((BASE, exact), (v_base, as_v)):
+    for schedule, model_fn in ((BASE, exact), (other, rewritten)):
         kwargs = {"generator": torch.Generator().manual_seed(3)} if name == "ddpm" else {}
         outs.append(SAMPLERS[name](model_fn, schedule, noise, given, task, steps, **kwargs))
     torch.testing.assert_close(outs[1].video, outs[0].video, atol=1e-4, rtol=1e-4)

@@ -92,7 +92,7 @@ def test_eps_x0_conversions_invert_forward_noising():
     torch.testing.assert_close(eps_from_x0(BASE, x_t, t, x0), noise)
 
 
-def test_v_prediction_converts_to_the_true_noise_and_keeps_variance_channels():
+def test_v_and_x0_predictions_convert_to_the_true_noise_and_keep_variance_channels():
     x0, noise = torch.randn(3, 4, 2, 4, 4, dtype=torch.float64), torch.randn(3, 4, 2, 4, 4, dtype=torch.float64)
     t = torch.tensor([0, 300, 999])
     x_t = q_sample(BASE, x0, t, noise)
@@ -104,10 +104,12 @@ def test_v_prediction_converts_to_the_true_noise_and_keeps_variance_channels():
     var = torch.rand_like(x0)
     v_schedule = make_schedule(DiffusionConfig(prediction="v"))
     torch.testing.assert_close(output_as_eps(v_schedule, torch.cat([v, var], 1), x_t, t), torch.cat([noise, var], 1))
+    x0_schedule = make_schedule(DiffusionConfig(prediction="x0"))
+    torch.testing.assert_close(output_as_eps(x0_schedule, torch.cat([x0, var], 1), x_t, t), torch.cat([noise, var], 1))
     assert output_as_eps(BASE, v, x_t, t) is v  # an eps schedule leaves the output alone
     assert respace(v_schedule, [0, 500, 999]).prediction == "v"
     with pytest.raises(ValueError, match="prediction"):
-        DiffusionConfig(prediction="x0")
+        DiffusionConfig(prediction="noise")
 
 
 def test_p_mean_variance_with_true_noise_is_the_posterior():

@@ -21,9 +21,9 @@ def conditional_model_fn(model: nn.Module, task: torch.Tensor, text: torch.Tenso
 
 
 def _guide(out: torch.Tensor, channels: int, scale: float) -> torch.Tensor:
-    """Combine a `[2B, ...]` output (conditional half first): prediction = uncond + scale (cond - uncond) (the same
-    for eps and v, which are affine in each other at a given x_t); the variance values, if any, are the
-    conditional half's (Open-Sora's `forward_with_cfg`)."""
+    """Combine a `[2B, ...]` output (conditional half first): prediction = uncond + scale (cond - uncond) (eps, v
+    and x0 are affine in each other at a given x_t, so guiding any of them is the same); the variance values, if
+    any, are the conditional half's (Open-Sora's `forward_with_cfg`)."""
     cond, uncond = out.chunk(2, dim=0)
     eps_c, v_c = split_output(cond, channels)
     eps_u, _ = split_output(uncond, channels)
@@ -34,8 +34,8 @@ def _guide(out: torch.Tensor, channels: int, scale: float) -> torch.Tensor:
 def guided_model_fn(model: nn.Module, task: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                     cfg_video: float, cfg_audio: float | None = None) -> ModelFn:
     """`model_fn(x, t)` with classifier-free guidance: one forward of 2B samples (text, then the null
-    embedding via drop_text), guidance on the prediction (eps or v) only, scale `cfg_video` for the video and `cfg_audio` (default:
-    the same) for the audio. A scale of 1 gives the conditional prediction."""
+    embedding via drop_text), guidance on the prediction (eps, v or x0) only, scale `cfg_video` for the video and
+    `cfg_audio` (default: the same) for the audio. A scale of 1 gives the conditional prediction."""
     audio_scale = cfg_video if cfg_audio is None else cfg_audio
     batch = task.shape[0]
     drop = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)]).to(task.device)

@@ -1,9 +1,12 @@
 """IDDPM's hybrid training loss, masked to the generated positions of each task.
 
-loss = MSE(eps) + vb (MSE(v) + vb when the schedule's prediction is "v"), where vb is the variational-bound term for the learned-range variance with the predicted
-mean detached (so vb trains only the variance): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the
-discretised Gaussian negative log-likelihood of x0 at t = 0, in bits, times num_timesteps / 1000 (IDDPM's
-rescaled hybrid loss, i.e. lambda = 1/1000 on the full bound).
+loss = MSE + vb. MSE is the error of the model's prediction (`schedule.prediction`): of eps (the paper), of v, or
+for x0 the v error that the x0 error implies, (x0_hat - x0) / sqrt(1 - abar), with sqrt(1 - abar) floored at
+X0_LOSS_MIN_SIGMA so the nearly clean steps do not dominate (Li & He 2025 floor it the same way). vb is the
+variational-bound term for the learned-range variance with the predicted mean detached (so vb trains only the
+variance): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the discretised Gaussian negative log-likelihood of
+x0 at t = 0, in bits, times num_timesteps / 1000 (IDDPM's rescaled hybrid loss, i.e. lambda = 1/1000 on the full
+bound).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from uniform_cli.diffusion.schedule import (
     Schedule,
     discretized_gaussian_log_likelihood,
     eps_from_v,
+    eps_from_x0,
+    extract,
     learned_range_log_variance,
     normal_kl,
     q_posterior_mean_variance,
@@ -27,6 +32,10 @@ from uniform_cli.diffusion.schedule import (
 )
 from uniform_cli.diffusion.tasks import broadcast_mask, generated_masks, keep_given
 from uniform_cli.types import Latents
+
+
+X0_LOSS_MIN_SIGMA = 0.05
+"""Floor of sqrt(1 - abar) in the x0-prediction loss (reached below step ~25 of the 1,000-step schedule)."""
 
 
 def noised_input(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents, task: torch.Tensor) -> Latents:
@@ -71,7 +80,7 @@ def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents
                 task: torch.Tensor) -> LossTerms:
     """IDDPM hybrid loss of a model `output` (the prediction, optionally followed by the learned-range variance
     values, per modality) computed on `noised_input(schedule, x0, t, noise, task)`; given positions contribute
-    nothing. The prediction is eps or v as `schedule.prediction` says, and the MSE is taken against that target.
+    nothing. The prediction is eps, v or x0 as `schedule.prediction` says (see the module docstring for its MSE).
 
     `t` are indices into `schedule` (the training schedule). Without variance channels the loss is the MSE alone.
     """
@@ -84,16 +93,19 @@ def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents
         if out_m.shape[0] != x0_m.shape[0] or out_m.shape[2:] != x0_m.shape[2:]:
             raise ValueError(f"model output {tuple(out_m.shape)} does not match latent {tuple(x0_m.shape)}")
         pred, v = split_output(out_m.float(), x0_m.shape[1])
+        x0_m, x_t_m, noise_m = x0_m.float(), x_t_m.float(), noise_m.float()
         if schedule.prediction == "v":
-            target = v_from_eps(schedule, x0_m.float(), t, noise_m.float())
-            eps = eps_from_v(schedule, x_t_m.float(), t, pred)
+            error, eps = pred - v_from_eps(schedule, x0_m, t, noise_m), eps_from_v(schedule, x_t_m, t, pred)
+        elif schedule.prediction == "x0":
+            sigma = (1.0 - extract(schedule.alphas_cumprod, t, x0_m)).sqrt().clamp(min=X0_LOSS_MIN_SIGMA)
+            error, eps = (pred - x0_m) / sigma, eps_from_x0(schedule, x_t_m, t, pred)
         else:
-            target, eps = noise_m.float(), pred
-        mse = _mean_per_sample((pred - target) ** 2)
+            error, eps = pred - noise_m, pred
+        mse = _mean_per_sample(error**2)
         if v is None:
             vb = torch.zeros_like(mse)
         else:
-            vb = _mean_per_sample(vb_terms(schedule, x0_m.float(), x_t_m.float(), t, eps.detach(), v)) * scale
+            vb = _mean_per_sample(vb_terms(schedule, x0_m, x_t_m, t, eps.detach(), v)) * scale
         keep = gen_m.to(mse.device)
         count = keep.float() * x0_m[0].numel()
         # torch.where (not a multiply) so a NaN at a given position cannot leak into the loss.

@@ -1,9 +1,9 @@
 """Samplers over a respaced schedule: ancestral DDPM (learned variance), DDIM and DPM-Solver++(2M).
 
-Each is one short loop. `model_fn(x, t_original) -> Latents` returns the model's prediction (eps or v, as the
-schedule's `prediction` says; the loops turn v into eps), optionally followed by the learned-range variance
-values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (per the task) are reset
-to their clean values before every model call and in the result, so only generated positions are sampled.
+Each is one short loop. `model_fn(x, t_original) -> Latents` returns the model's prediction (eps, v or x0, as
+the schedule's `prediction` says; the loops turn it into eps), optionally followed by the learned-range variance
+values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (per the task) are
+reset to their clean values before every model call and in the result, so only generated positions are sampled.
 Noise and given latents should be float32; the loops compute in the noise's dtype.
 """
 

@@ -35,7 +35,7 @@ class Schedule:
     training_timesteps: int
     """Steps of the training schedule this one was derived from (for the IDDPM loss scaling)."""
     prediction: str = "eps"
-    """What the model's first C output channels are: "eps" (the noise) or "v" (see `eps_from_v`)."""
+    """What the model's first C output channels are: "eps" (the noise), "v" (see `eps_from_v`) or "x0"."""
 
     @property
     def num_timesteps(self) -> int:
@@ -154,7 +154,8 @@ def output_as_eps(schedule: Schedule, out: torch.Tensor, x_t: torch.Tensor, t: t
     if schedule.prediction == "eps":
         return out
     pred, var = split_output(out, x_t.shape[1])
-    eps = eps_from_v(schedule, x_t, t, pred)
+    convert = eps_from_v if schedule.prediction == "v" else eps_from_x0
+    eps = convert(schedule, x_t, t, pred)
     return eps if var is None else torch.cat([eps, var], dim=1)
 
 
