@@ -45,7 +45,8 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.format == "PNG" and sheet.width > 800 and sheet.height > 4 * 4 * 64
     for name in ("reference", "reference, shuffled pairs", "T2AV generated", "T2AV generated, shuffled pairs",
-                 "A2V generated (sound given)", "V2A generated (picture given)"):
+                 "A2V generated (sound given)", "A2V generated, shuffled pairs", "V2A generated (picture given)",
+                 "V2A generated, shuffled pairs"):
         value = summary["av_align"][name]
         assert isinstance(value, float) and math.isfinite(value) and value >= 0
         assert f"{value:.3f}" in result.output  # the printed table shows it

@@ -78,7 +78,8 @@ def test_v_prediction_loss_is_the_v_error_and_its_vb_matches_eps_prediction():
     torch.testing.assert_close(terms.mse.video, torch.full((B,), 0.01))
     torch.testing.assert_close(terms.mse.audio, torch.zeros(B), atol=1e-10, rtol=0)
     # The exact v is the exact eps: the variance term is the one an eps model with the true noise gets.
-    out_eps = Latents(torch.cat([noise.video, output.video[:, 4:]], 1), torch.cat([noise.audio, output.audio[:, 8:]], 1))
+    out_eps = Latents(torch.cat([noise.video, output.video[:, 4:]], 1),
+                      torch.cat([noise.audio, output.audio[:, 8:]], 1))
     torch.testing.assert_close(terms.vb.audio, hybrid_loss(BASE, x0, t, noise, out_eps, tasks).vb.audio,
                                atol=1e-4, rtol=1e-4)
 

@@ -273,14 +273,17 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
         return [clip_peaks(media[c.key][0], media[c.key][1], media[c.key][2], media[c.key][3]) for c in test]
 
     ref_peaks, t2av_peaks = peaks(reference), peaks(generated["t2av"])
+    a2v_peaks, v2a_peaks = peaks(generated["a2v"]), peaks(generated["v2a"])
     av_align = {
         "reference": paired_av_align(ref_peaks, fps),
         "reference, shuffled pairs": shuffled_av_align(ref_peaks, fps),
         "reference through the codecs": paired_av_align(peaks(roundtrip), fps),
         "T2AV generated": paired_av_align(t2av_peaks, fps),
         "T2AV generated, shuffled pairs": shuffled_av_align(t2av_peaks, fps),
-        "A2V generated (sound given)": paired_av_align(peaks(generated["a2v"]), fps),
-        "V2A generated (picture given)": paired_av_align(peaks(generated["v2a"]), fps),
+        "A2V generated (sound given)": paired_av_align(a2v_peaks, fps),
+        "A2V generated, shuffled pairs": shuffled_av_align(a2v_peaks, fps),
+        "V2A generated (picture given)": paired_av_align(v2a_peaks, fps),
+        "V2A generated, shuffled pairs": shuffled_av_align(v2a_peaks, fps),
     }
 
     def accuracy(media: dict, modality: str) -> float:

@@ -25,10 +25,10 @@ def _guide(out: torch.Tensor, channels: int, scale: float) -> torch.Tensor:
     and x0 are affine in each other at a given x_t, so guiding any of them is the same); the variance values, if
     any, are the conditional half's (Open-Sora's `forward_with_cfg`)."""
     cond, uncond = out.chunk(2, dim=0)
-    eps_c, v_c = split_output(cond, channels)
-    eps_u, _ = split_output(uncond, channels)
-    eps = eps_u + scale * (eps_c - eps_u)
-    return eps if v_c is None else torch.cat([eps, v_c], dim=1)
+    pred_c, var_c = split_output(cond, channels)
+    pred_u, _ = split_output(uncond, channels)
+    pred = pred_u + scale * (pred_c - pred_u)
+    return pred if var_c is None else torch.cat([pred, var_c], dim=1)
 
 
 def guided_model_fn(model: nn.Module, task: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
