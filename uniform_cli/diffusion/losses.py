@@ -19,11 +19,10 @@ import torch
 from uniform_cli.diffusion.schedule import (
     Schedule,
     discretized_gaussian_log_likelihood,
-    eps_from_v,
-    eps_from_x0,
     extract,
     learned_range_log_variance,
     normal_kl,
+    output_as_eps,
     q_posterior_mean_variance,
     q_sample,
     split_output,
@@ -95,13 +94,14 @@ def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents
         pred, v = split_output(out_m.float(), x0_m.shape[1])
         x0_m, x_t_m, noise_m = x0_m.float(), x_t_m.float(), noise_m.float()
         if schedule.prediction == "v":
-            error, eps = pred - v_from_eps(schedule, x0_m, t, noise_m), eps_from_v(schedule, x_t_m, t, pred)
+            error = pred - v_from_eps(schedule, x0_m, t, noise_m)
         elif schedule.prediction == "x0":
             sigma = (1.0 - extract(schedule.alphas_cumprod, t, x0_m)).sqrt().clamp(min=X0_LOSS_MIN_SIGMA)
-            error, eps = (pred - x0_m) / sigma, eps_from_x0(schedule, x_t_m, t, pred)
+            error = (pred - x0_m) / sigma
         else:
-            error, eps = pred - noise_m, pred
+            error = pred - noise_m
         mse = _mean_per_sample(error**2)
+        eps = output_as_eps(schedule, pred, x_t_m, t)
         if v is None:
             vb = torch.zeros_like(mse)
         else:

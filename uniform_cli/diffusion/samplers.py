@@ -58,7 +58,8 @@ def _randn_like(x: Latents, generator: Generators) -> Latents:
 
 
 def _eps(model_fn: ModelFn, spaced: Schedule, x: Latents, i: torch.Tensor, t: torch.Tensor) -> Latents:
-    """The model's output at x (respaced index i, original step t) with eps as its prediction channels."""
+    """The model's output at x (respaced index i, original step t) in x's dtype, with eps as its prediction
+    channels."""
     return x.map(lambda x_m, o: output_as_eps(spaced, o.to(x_m.dtype), x_m, i), model_fn(x, t))
 
 
@@ -85,7 +86,7 @@ def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
     plan = _steps(spaced, noise.batch_size, noise.video.device)
     for n, (i, t) in enumerate(plan):
         out = _eps(model_fn, spaced, x, i, t)
-        step = x.map(lambda x_m, o: p_mean_variance(spaced, o.to(x_m.dtype), x_m, i), out)
+        step = x.map(lambda x_m, o: p_mean_variance(spaced, o, x_m, i), out)
         if n == len(plan) - 1:
             x = step.map(lambda p: p.mean)
         else:
@@ -107,7 +108,7 @@ def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
     plan = _steps(spaced, noise.batch_size, noise.video.device)
 
     def update(x_m: torch.Tensor, out: torch.Tensor, z: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        eps, _ = split_output(out.to(x_m.dtype), x_m.shape[1])
+        eps, _ = split_output(out, x_m.shape[1])
         x0 = x0_from_eps(spaced, x_m, i, eps)
         abar = extract(spaced.alphas_cumprod, i, x_m)
         abar_prev = extract(spaced.alphas_cumprod_prev, i, x_m)
@@ -145,7 +146,7 @@ def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: Latents, giv
 
     for n, (i, t) in enumerate(plan):
         out = _eps(model_fn, spaced, x, i, t)
-        x0 = x.map(lambda x_m, o: x0_from_eps(spaced, x_m, i, split_output(o.to(x_m.dtype), x_m.shape[1])[0]), out)
+        x0 = x.map(lambda x_m, o: x0_from_eps(spaced, x_m, i, split_output(o, x_m.shape[1])[0]), out)
         if n == len(plan) - 1:
             x = x0
         else:

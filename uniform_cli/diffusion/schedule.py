@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from uniform_cli.config import DiffusionConfig
+from uniform_cli.config import PREDICTIONS, DiffusionConfig
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ def schedule_from_betas(betas: torch.Tensor, timestep_map: torch.Tensor | None =
     betas = betas.to(torch.float64)
     if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas <= 1)).all()):
         raise ValueError("betas must be a 1-D sequence of at least 2 values in (0, 1]")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {prediction!r}")
     alphas = 1.0 - betas
     alphas_cumprod = torch.cumprod(alphas, dim=0)
     alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
