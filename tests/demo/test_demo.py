@@ -44,7 +44,8 @@ def test_quick_demo_end_to_end(tmp_path: Path):
 
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.format == "PNG" and sheet.width > 800 and sheet.height > 4 * 4 * 64
-    for name in ("reference", "reference, shuffled pairs", "T2AV generated", "T2AV generated, shuffled pairs",
+    for name in ("reference", "reference, shuffled pairs", "reference through the codecs",
+                 "reference through the codecs, shuffled pairs", "T2AV generated", "T2AV generated, shuffled pairs",
                  "A2V generated (sound given)", "A2V generated, shuffled pairs", "V2A generated (picture given)",
                  "V2A generated, shuffled pairs"):
         value = summary["av_align"][name]
@@ -52,6 +53,8 @@ def test_quick_demo_end_to_end(tmp_path: Path):
         assert f"{value:.3f}" in result.output  # the printed table shows it
     for name, value in summary["accuracy"].items():
         assert 0.0 <= value <= 1.0, name
+    assert set(summary["p_values"]) == {name for name in summary["av_align"] if "shuffled" not in name}
+    assert all(0.0 <= p <= 1.0 for p in summary["p_values"].values())
     assert summary["counts"]["reference, shuffled pairs"] == 4 * 3
     assert set(summary["seconds"]) >= {"world", "clip", "caption", "encode", "train", "generate", "eval", "total"}
     assert "total" in result.output
@@ -80,7 +83,9 @@ def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignme
         NearestKind,
         audio_features,
         clip_peaks,
+        pair_scores,
         paired_av_align,
+        pairing_p_value,
         shuffled_av_align,
         video_features,
     )
@@ -96,7 +101,23 @@ def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignme
     assert audio.accuracy(np.stack([audio_features(sc.wave) for _, sc in test]), [k for k, _ in test]) == 1.0
 
     lamps = [clip_peaks(sc.frames, 17.0, sc.wave, 16000) for (k, s), sc in scenes.items() if k == "light"]
-    assert paired_av_align(lamps, 17.0).mean() > 2 * shuffled_av_align(lamps, 17.0).mean()
+    pairs = pair_scores(lamps, 17.0)
+    assert paired_av_align(pairs).mean() > 2 * shuffled_av_align(pairs).mean()
+    assert pairing_p_value(pairs) < 0.05  # no re-pairing of the lamps' sounds does nearly as well
+
+
+def test_pairing_p_value_is_the_share_of_re_pairings_that_do_as_well():
+    from uniform_cli.demo.measure import pairing_p_value
+
+    assert pairing_p_value(np.eye(5)) == 0.0  # only the true pairs align
+    assert pairing_p_value(np.full((5, 5), 0.3)) == 1.0  # every pairing scores the same
+    # picture 0 goes with every sound: the true pairs are no better than any re-pairing
+    scores = np.zeros((4, 4))
+    scores[0] = 1.0
+    assert pairing_p_value(scores) == 1.0
+    # three clips have two derangements: sounds (1, 2, 0) score 1/3, above the true pairs' 1/6; (2, 0, 1) score 0
+    half = np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    assert pairing_p_value(half, draws=400) == pytest.approx(0.5, abs=0.1)
 
 
 def test_audio_features_are_measured_from_the_clip_s_own_background_level():

@@ -8,7 +8,8 @@ Nearest-kind classification uses simple features of the world, no learned weight
            clip's median level (the codec peak-normalises each clip, so one loud instant would lower all the rest)
 Every feature is standardised by the reference clips' statistics; a clip gets the kind of the nearest kind
 centroid. AV-Align pairs reuse the eval stage's own peak functions, so that every (video i, audio j) pair of a
-set is scored from one onset and one optical-flow pass per clip.
+set is scored from one onset and one optical-flow pass per clip; a permutation test says how often random
+re-pairings score as well as the true pairs.
 """
 
 from __future__ import annotations
@@ -92,13 +93,33 @@ def clip_peaks(frames: np.ndarray, fps: float, wave: np.ndarray, sample_rate: in
     return Peaks(audio_peak_times(wave, sample_rate), video_peak_times(frames, fps))
 
 
-def paired_av_align(peaks: list[Peaks], fps: float) -> np.ndarray:
-    """AV-Align of every clip with its own sound, `N`."""
-    return np.array([peak_iou(p.audio, p.video, fps) for p in peaks])
+def pair_scores(peaks: list[Peaks], fps: float) -> np.ndarray:
+    """AV-Align of the picture of clip i with the sound of clip j, `N N`."""
+    return np.array([[peak_iou(a.audio, v.video, fps) for a in peaks] for v in peaks])
 
 
-def shuffled_av_align(peaks: list[Peaks], fps: float) -> np.ndarray:
-    """AV-Align of every mismatched pair (video of clip i, sound of clip j != i), `N (N - 1)`: the baseline of
-    sound and picture that have nothing to do with each other."""
-    return np.array([peak_iou(a.audio, v.video, fps)
-                     for i, v in enumerate(peaks) for j, a in enumerate(peaks) if i != j])
+def paired_av_align(scores: np.ndarray) -> np.ndarray:
+    """Every clip with its own sound, `N` (the diagonal of `pair_scores`)."""
+    return np.diag(scores).copy()
+
+
+def shuffled_av_align(scores: np.ndarray) -> np.ndarray:
+    """Every mismatched pair (picture of clip i, sound of clip j != i), `N (N - 1)`: the baseline of sound and
+    picture that have nothing to do with each other."""
+    return scores[~np.eye(len(scores), dtype=bool)]
+
+
+def pairing_p_value(scores: np.ndarray, draws: int = 2000, seed: int = 0) -> float:
+    """How often chance pairs do as well as the true ones: the share of random re-pairings (each clip's picture
+    with another clip's sound, none kept with its own) whose mean AV-Align reaches the true pairs' mean. Small
+    values are evidence of sync; about a half means none."""
+    n = len(scores)
+    if n < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    rows, means = np.arange(n), []
+    while len(means) < draws:
+        sound = rng.permutation(n)
+        if (sound != rows).all():  # a derangement: no clip keeps its own sound
+            means.append(scores[rows, sound].mean())
+    return float(np.mean(np.array(means) >= np.diag(scores).mean() - 1e-12))

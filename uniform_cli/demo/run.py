@@ -71,6 +71,8 @@ class DemoReport:
     """Wall-clock seconds per stage, and "total"."""
     av_align: dict[str, float]
     """Mean AV-Align per row of the table."""
+    p_values: dict[str, float]
+    """Per row of true pairs, the share of random re-pairings scoring as well (`pairing_p_value`)."""
     accuracy: dict[str, float]
     """Nearest-kind accuracy per row ("video" / "audio" suffixes)."""
     counts: dict[str, int] = field(default_factory=dict)
@@ -241,7 +243,9 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
         NearestKind,
         audio_features,
         clip_peaks,
+        pair_scores,
         paired_av_align,
+        pairing_p_value,
         shuffled_av_align,
         video_features,
     )
@@ -269,22 +273,22 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
         audio = audio_codec.decode(audio_codec.encode(torch.from_numpy(wave)[None]))[0].numpy()
         roundtrip[c.key] = (video, clip_fps, audio, rate)
 
-    def peaks(media: dict) -> list:
-        return [clip_peaks(media[c.key][0], media[c.key][1], media[c.key][2], media[c.key][3]) for c in test]
+    def scores(media: dict) -> np.ndarray:
+        peaks = [clip_peaks(media[c.key][0], media[c.key][1], media[c.key][2], media[c.key][3]) for c in test]
+        return pair_scores(peaks, fps)
 
-    ref_peaks, t2av_peaks = peaks(reference), peaks(generated["t2av"])
-    a2v_peaks, v2a_peaks = peaks(generated["a2v"]), peaks(generated["v2a"])
-    av_align = {
-        "reference": paired_av_align(ref_peaks, fps),
-        "reference, shuffled pairs": shuffled_av_align(ref_peaks, fps),
-        "reference through the codecs": paired_av_align(peaks(roundtrip), fps),
-        "T2AV generated": paired_av_align(t2av_peaks, fps),
-        "T2AV generated, shuffled pairs": shuffled_av_align(t2av_peaks, fps),
-        "A2V generated (sound given)": paired_av_align(a2v_peaks, fps),
-        "A2V generated, shuffled pairs": shuffled_av_align(a2v_peaks, fps),
-        "V2A generated (picture given)": paired_av_align(v2a_peaks, fps),
-        "V2A generated, shuffled pairs": shuffled_av_align(v2a_peaks, fps),
-    }
+    rows = [  # (row, its shuffled-pairs row, clips)
+        ("reference", "reference, shuffled pairs", reference),
+        ("reference through the codecs", "reference through the codecs, shuffled pairs", roundtrip),
+        ("T2AV generated", "T2AV generated, shuffled pairs", generated["t2av"]),
+        ("A2V generated (sound given)", "A2V generated, shuffled pairs", generated["a2v"]),
+        ("V2A generated (picture given)", "V2A generated, shuffled pairs", generated["v2a"]),
+    ]
+    av_align, p_values = {}, {}
+    for name, shuffled_name, media in rows:
+        pairs = scores(media)
+        av_align[name], av_align[shuffled_name] = paired_av_align(pairs), shuffled_av_align(pairs)
+        p_values[name] = pairing_p_value(pairs)
 
     def accuracy(media: dict, modality: str) -> float:
         if modality == "video":
@@ -326,6 +330,7 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
         out=str(out),
         seconds={},
         av_align={name: float(np.mean(v)) for name, v in av_align.items()},
+        p_values=p_values,
         accuracy=acc,
         counts=counts,
         sheet=str(sheet),
@@ -340,6 +345,7 @@ def print_report(report: DemoReport, console) -> None:
     table.add_column("clips")
     table.add_column("pairs", justify="right")
     table.add_column("AV-Align", justify="right")
+    table.add_column("re-paired as good", justify="right")
     table.add_column("looks like its kind", justify="right")
     table.add_column("sounds like its kind", justify="right")
 
@@ -351,11 +357,14 @@ def print_report(report: DemoReport, console) -> None:
         shuffled = "shuffled" in name
         video = "" if shuffled else ("given" if "picture given" in name else pct(f"{name} video"))
         audio = "" if shuffled else ("given" if "sound given" in name else pct(f"{name} audio"))
-        table.add_row(name, str(report.counts.get(name, "")), f"{value:.3f}", video, audio)
+        p = report.p_values.get(name)
+        repaired = "" if p is None else f"{100 * p:.1f}%"
+        table.add_row(name, str(report.counts.get(name, "")), f"{value:.3f}", repaired, video, audio)
     console.print(table)
     console.print("AV-Align: IoU of sound onsets and motion peaks (eval stage); shuffled pairs put one clip's "
-                  "picture with another's sound. Kind: nearest kind centroid of the training clips on simple "
-                  "picture / sound features; chance is 1 in 4.")
+                  "picture with another's sound; re-paired as good: how often a random re-pairing of the clips "
+                  "scores at least as high as their true pairs (small: sync beyond chance). Kind: nearest kind "
+                  "centroid of the training clips on simple picture / sound features; chance is 1 in 4.")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items() if k != "total")
     total = report.seconds["total"]
     console.print(f"time: {times}; [bold]total {total:.0f} s[/bold] ({total / 60:.1f} min)")
