@@ -101,7 +101,10 @@ def write_mp4(
                 sound = out.add_stream("aac", rate=sample_rate)
                 sound.layout = "mono"
             for i, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                # Converted to yuv420p here: left to the encoder, the conversion made the same frames encode
+                # differently from one process to the next (by up to 15 grey levels on 32 x 32 clips that
+                # `prepare_media` had just decoded), so a rerun of `uniform clip` did not give the same clip.
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
                 frame.pts = i
                 out.mux(video.encode(frame))
             out.mux(video.encode(None))
