@@ -18,6 +18,7 @@ def main(
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to use (default: recipes/demo.toml)."),
     train_per_kind: Optional[int] = typer.Option(None, "--train-per-kind", help="Training clips per kind of scene."),
     test_per_kind: Optional[int] = typer.Option(None, "--test-per-kind", help="Held-out clips per kind of scene."),
+    t2av_samples: Optional[int] = typer.Option(None, "--t2av-samples", help="T2AV clips per held-out caption."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampling steps (default: the recipe's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the world, training and sampling."),
@@ -37,11 +38,11 @@ def main(
 
     console = Console()
     settings = QUICK if quick else DemoSettings()
-    given = {"train_per_kind": train_per_kind, "test_per_kind": test_per_kind, "steps": steps,
-             "sample_steps": sample_steps}
+    given = {"train_per_kind": train_per_kind, "test_per_kind": test_per_kind, "t2av_samples": t2av_samples,
+             "steps": steps, "sample_steps": sample_steps}
     settings = replace(settings, seed=seed, **{k: v for k, v in given.items() if v is not None})
-    if settings.train_per_kind < 1 or settings.test_per_kind < 1:
-        console.print("[red]error:[/red] --train-per-kind and --test-per-kind must be at least 1")
+    if min(settings.train_per_kind, settings.test_per_kind, settings.t2av_samples) < 1:
+        console.print("[red]error:[/red] --train-per-kind, --test-per-kind and --t2av-samples must be at least 1")
         raise typer.Exit(2)
     try:
         run_demo(out, recipe, settings, console)

@@ -48,6 +48,10 @@ class DemoSettings:
     """Training clips per kind of scene."""
     test_per_kind: int = 4
     """Held-out clips per kind: references, and the given media of A2V and V2A."""
+    t2av_samples: int = 4
+    """T2AV clips per held-out caption (4 x 16 = 64 by default): T2AV needs no given media, and its AV-Align
+    gap is small enough that 16 clips cannot tell it from chance (a permutation p-value of 0.02 on one set of
+    32 clips, 0.19 on another, from the same checkpoint)."""
     steps: int | None = None
     """Training steps (default: the recipe's)."""
     sample_steps: int | None = None
@@ -58,7 +62,7 @@ class DemoSettings:
     """Worker processes / threads of the data stages."""
 
 
-QUICK = DemoSettings(train_per_kind=2, test_per_kind=1, steps=4, sample_steps=2)
+QUICK = DemoSettings(train_per_kind=2, test_per_kind=1, t2av_samples=2, steps=4, sample_steps=2)
 """A shortened run (the test suite's): every stage runs, on a handful of clips, with a barely trained model."""
 
 
@@ -182,9 +186,10 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
     test = [c for c in clips if c.split == "test"]
     with stages.timed("generate"):
         for task in TASKS:
-            prompts = write_prompts(out / "prompts" / f"{task}.csv", task, test)
+            samples = settings.t2av_samples if task == "t2av" else 1
+            prompts = write_prompts(out / "prompts" / f"{task}.csv", task, test, samples)
             args = ["generate", prompts.relative_to(out), "--checkpoint", checkpoint, "--task", task,
-                    "--out", f"generated/{task}"]
+                    "--out", f"generated/{task}", "--num-samples", samples]
             if settings.sample_steps is not None:
                 args += ["--steps", settings.sample_steps]
             stages.uniform(*args)
@@ -198,7 +203,7 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
             write_metrics(folder / "metrics.json", result)
             console.print(f"{folder / 'metrics.json'}: AV-Align {result.values['av_align']:.3f}")
     with stages.timed("report"):
-        report = measure(out, clips, cfg, console)
+        report = measure(out, clips, cfg, console, settings.t2av_samples)
     stages.seconds["total"] = time.perf_counter() - start
     report.seconds = stages.seconds
     write_text_atomic(out / "summary.json", json.dumps(asdict(report), indent=2) + "\n")
@@ -206,9 +211,11 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
     return report
 
 
-def write_prompts(path: Path, task: str, test: list) -> Path:
+def write_prompts(path: Path, task: str, test: list, samples: int = 1) -> Path:
     """The prompts CSV of one task: T2AV asks for each test clip's kind by its caption; A2V and V2A give the
-    test clip's prepared sound or picture and no text."""
+    test clip's prepared sound or picture and no text. Row i's seed is i * samples, so that the `samples`
+    clips of each row (seeds seed .. seed + samples - 1, `uniform generate --num-samples`) start from noise
+    no other row uses."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -216,11 +223,11 @@ def write_prompts(path: Path, task: str, test: list) -> Path:
         for i, c in enumerate(test):
             clip = f"../data/clips/{c.key}"
             if task == "t2av":
-                w.writerow([c.key, c.label, task, "", "", i])
+                w.writerow([c.key, c.label, task, "", "", i * samples])
             elif task == "a2v":
-                w.writerow([c.key, "", task, "", f"{clip}.wav", i])
+                w.writerow([c.key, "", task, "", f"{clip}.wav", i * samples])
             else:
-                w.writerow([c.key, "", task, f"{clip}.mp4", "", i])
+                w.writerow([c.key, "", task, f"{clip}.mp4", "", i * samples])
     return path
 
 
@@ -235,7 +242,7 @@ def _load(folder: Path, key: str) -> tuple[np.ndarray, float, np.ndarray, int]:
     return frames, fps, wave, rate
 
 
-def measure(out: Path, clips: list, cfg, console) -> DemoReport:
+def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> DemoReport:
     """AV-Align rows, nearest-kind accuracies and the contact sheet, from the files the stages wrote."""
     import torch
 
@@ -250,6 +257,7 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
         video_features,
     )
     from uniform_cli.demo.sheet import SheetBlock, SheetRow, write_contact_sheet
+    from uniform_cli.generate.runner import sample_names
     from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
 
     clip_dir = out / "data" / "clips"
@@ -260,10 +268,13 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
     train_media = [_load(clip_dir, c.key) for c in train]
     video_kind = NearestKind.fit(np.stack([video_features(m[0]) for m in train_media]), [c.kind for c in train])
     audio_kind = NearestKind.fit(np.stack([audio_features(m[2], m[3]) for m in train_media]), [c.kind for c in train])
-    kinds = [c.kind for c in test]
 
+    # media sets: output name -> (frames, fps, wave, rate); every name belongs to one test clip's kind
+    names = {task: {name: c for c in test for name in sample_names(c.key, t2av_samples if task == "t2av" else 1)}
+             for task in TASKS}
+    kind_of = {name: c.kind for task in TASKS for name, c in names[task].items()}
     reference = {c.key: _load(clip_dir, c.key) for c in test}
-    generated = {task: {c.key: _load(out / "generated" / task, c.key) for c in test} for task in TASKS}
+    generated = {task: {name: _load(out / "generated" / task, name) for name in names[task]} for task in TASKS}
     # The reference through the weight-free codecs: what a perfect model could give back at best.
     video_codec, audio_codec = build_video_codec(cfg.codec), build_audio_codec(cfg.codec)
     roundtrip = {}
@@ -274,8 +285,7 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
         roundtrip[c.key] = (video, clip_fps, audio, rate)
 
     def scores(media: dict) -> np.ndarray:
-        peaks = [clip_peaks(media[c.key][0], media[c.key][1], media[c.key][2], media[c.key][3]) for c in test]
-        return pair_scores(peaks, fps)
+        return pair_scores([clip_peaks(*m) for m in media.values()], fps)
 
     rows = [  # (row, its shuffled-pairs row, clips)
         ("reference", "reference, shuffled pairs", reference),
@@ -291,9 +301,10 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
         p_values[name] = pairing_p_value(pairs)
 
     def accuracy(media: dict, modality: str) -> float:
+        kinds = [kind_of[name] for name in media]
         if modality == "video":
-            return video_kind.accuracy(np.stack([video_features(media[c.key][0]) for c in test]), kinds)
-        return audio_kind.accuracy(np.stack([audio_features(media[c.key][2], media[c.key][3]) for c in test]), kinds)
+            return video_kind.accuracy(np.stack([video_features(m[0]) for m in media.values()]), kinds)
+        return audio_kind.accuracy(np.stack([audio_features(m[2], m[3]) for m in media.values()]), kinds)
 
     acc = {
         "reference video": accuracy(reference, "video"),
@@ -309,17 +320,16 @@ def measure(out: Path, clips: list, cfg, console) -> DemoReport:
     blocks = []
     for kind in sorted({c.kind for c in test}):
         c = next(x for x in test if x.kind == kind)
-        pred_v = {t: video_kind.predict(video_features(generated[t][c.key][0]))[0] for t in TASKS}
-        pred_a = {t: audio_kind.predict(audio_features(generated[t][c.key][2], generated[t][c.key][3]))[0]
-                  for t in TASKS}
+        shown = {t: generated[t][next(n for n, x in names[t].items() if x is c)] for t in TASKS}  # its first clip
+        pred_v = {t: video_kind.predict(video_features(shown[t][0]))[0] for t in TASKS}
+        pred_a = {t: audio_kind.predict(audio_features(shown[t][2], shown[t][3]))[0] for t in TASKS}
         rows = [
             SheetRow("reference", reference[c.key][0], reference[c.key][2], reference[c.key][3], f"{c.key}"),
-            SheetRow("T2AV", generated["t2av"][c.key][0], generated["t2av"][c.key][2], generated["t2av"][c.key][3],
+            SheetRow("T2AV", shown["t2av"][0], shown["t2av"][2], shown["t2av"][3],
                      f"looks {pred_v['t2av']}, sounds {pred_a['t2av']}"),
-            SheetRow("A2V (sound given)", generated["a2v"][c.key][0], generated["a2v"][c.key][2],
-                     generated["a2v"][c.key][3], f"looks {pred_v['a2v']}"),
-            SheetRow("V2A (picture given)", generated["v2a"][c.key][0], generated["v2a"][c.key][2],
-                     generated["v2a"][c.key][3], f"sounds {pred_a['v2a']}"),
+            SheetRow("A2V (sound given)", shown["a2v"][0], shown["a2v"][2], shown["a2v"][3], f"looks {pred_v['a2v']}"),
+            SheetRow("V2A (picture given)", shown["v2a"][0], shown["v2a"][2], shown["v2a"][3],
+                     f"sounds {pred_a['v2a']}"),
         ]
         blocks.append(SheetBlock(f"{kind}: \"{c.label}\"", rows))
     sheet = write_contact_sheet(out / "contact_sheet.png", blocks,

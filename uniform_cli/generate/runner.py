@@ -178,6 +178,11 @@ def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpe
     return rows
 
 
+def sample_names(row_id: str, num_samples: int) -> list[str]:
+    """The output names of a row's clips: `{id}` for one sample, `{id}_{k}` for several."""
+    return [row_id] if num_samples == 1 else [f"{row_id}_{k}" for k in range(num_samples)]
+
+
 def plan(rows: list[PromptRow], num_samples: int = 1, base_seed: int = 0,
          source: Path = Path("prompts")) -> list[WorkItem]:
     """One item per row and sample: `{id}` for one sample, `{id}_{k}` (seed + k) for several.
@@ -187,8 +192,7 @@ def plan(rows: list[PromptRow], num_samples: int = 1, base_seed: int = 0,
     items, owner, problems = [], {}, []
     for row in rows:
         seed = row.seed if row.seed is not None else default_seed(base_seed, row.id)
-        for k in range(num_samples):
-            name = row.id if num_samples == 1 else f"{row.id}_{k}"
+        for k, name in enumerate(sample_names(row.id, num_samples)):
             if name in owner:
                 problems.append(f"line {row.line}: output {name} is also written for line {owner[name]}; rename an id")
                 continue
