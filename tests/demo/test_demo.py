@@ -26,15 +26,19 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     keys = [c["key"] for c in map(json.loads, (out / "world" / "world.jsonl").read_text().splitlines())]
     test_keys = [k for k in keys if "_test_" in k]
     assert len(keys) == 4 * (QUICK.train_per_kind + QUICK.test_per_kind) and len(test_keys) == 4
-    for task in TASKS:
+    # T2AV makes QUICK.t2av_samples clips per held-out caption, A2V and V2A one per held-out clip
+    t2av_names = [f"{key}_{k}" for key in test_keys for k in range(QUICK.t2av_samples)]
+    for task, names in [("t2av", t2av_names), ("a2v", test_keys), ("v2a", test_keys)]:
         folder = out / "generated" / task
-        for key in test_keys:
-            frames, fps = read_video(folder / f"{key}.mp4")
-            wave, rate = read_audio(folder / f"{key}.wav")
+        for name in names:
+            frames, fps = read_video(folder / f"{name}.mp4")
+            wave, rate = read_audio(folder / f"{name}.wav")
             assert frames.shape == (68, size, size, 3) and fps == 17 and wave.shape == (64000,) and rate == 16000
         metrics = json.loads((folder / "metrics.json").read_text())
-        assert set(metrics["details"]["av_align_per_clip"]) == set(test_keys)
-        assert len((folder / "results.jsonl").read_text().splitlines()) == len(test_keys)
+        assert set(metrics["details"]["av_align_per_clip"]) == set(names)
+        assert len((folder / "results.jsonl").read_text().splitlines()) == len(names)
+    seeds = [json.loads(line)["seed"] for line in (out / "generated" / "t2av" / "results.jsonl").read_text().splitlines()]
+    assert len(set(seeds)) == len(t2av_names)  # every T2AV clip starts from its own noise
     # A2V carries the given sound and V2A the given picture unchanged (up to the codecs' quantisation)
     given_wave, _ = read_audio(out / "data" / "clips" / f"{test_keys[0]}.wav")
     a2v_wave, _ = read_audio(out / "generated" / "a2v" / f"{test_keys[0]}.wav")
@@ -56,8 +60,20 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     assert set(summary["p_values"]) == {name for name in summary["av_align"] if "shuffled" not in name}
     assert all(0.0 <= p <= 1.0 for p in summary["p_values"].values())
     assert summary["counts"]["reference, shuffled pairs"] == 4 * 3
+    n = len(t2av_names)
+    assert summary["counts"]["T2AV generated"] == n and summary["counts"]["T2AV generated, shuffled pairs"] == n * (n - 1)
     assert set(summary["seconds"]) >= {"world", "clip", "caption", "encode", "train", "generate", "eval", "total"}
     assert "total" in result.output
+
+
+def test_demo_counts_must_be_positive(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from uniform_cli.cli.main import app
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--t2av-samples", "0"])
+    assert result.exit_code == 2 and "--t2av-samples" in result.output
+    assert not (tmp_path / "demo").exists()
 
 
 def test_out_folder_must_be_new_empty_or_a_demo(tmp_path: Path):
@@ -78,7 +94,7 @@ def test_out_folder_must_be_new_empty_or_a_demo(tmp_path: Path):
 
 def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignment():
     """The demo's measures on rendered scenes: held-out scenes get their kind, by picture and by sound alone,
-    and a lamp's own beeps align with its flashes better than another lamp's beeps do."""
+    and a ball's, lamp's or block's own sounds align with its motion better than another one's sounds do."""
     from uniform_cli.demo.measure import (
         NearestKind,
         audio_features,
@@ -100,10 +116,11 @@ def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignme
     assert video.accuracy(np.stack([video_features(sc.frames) for _, sc in test]), [k for k, _ in test]) == 1.0
     assert audio.accuracy(np.stack([audio_features(sc.wave) for _, sc in test]), [k for k, _ in test]) == 1.0
 
-    lamps = [clip_peaks(sc.frames, 17.0, sc.wave, 16000) for (k, s), sc in scenes.items() if k == "light"]
-    pairs = pair_scores(lamps, 17.0)
-    assert paired_av_align(pairs).mean() > 2 * shuffled_av_align(pairs).mean()
-    assert pairing_p_value(pairs) < 0.05  # fewer than 1 in 20 re-pairings of the lamps' sounds do as well
+    for kind in ("ball", "light", "block"):  # the kinds whose sounds are events
+        peaks = [clip_peaks(sc.frames, 17.0, sc.wave, 16000) for (k, s), sc in scenes.items() if k == kind]
+        pairs = pair_scores(peaks, 17.0)
+        assert paired_av_align(pairs).mean() > 2 * shuffled_av_align(pairs).mean(), kind
+        assert pairing_p_value(pairs) < 0.05, kind  # fewer than 1 in 20 re-pairings of their sounds do as well
 
 
 def test_pairing_p_value_is_the_share_of_re_pairings_that_do_as_well():
