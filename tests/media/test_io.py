@@ -9,25 +9,29 @@ from uniform_cli.media.io import read_video
 
 CLIP = """
 import sys
-from uniform_cli.media.io import write_mp4
+from uniform_cli.media.io import read_video, write_mp4
 from uniform_cli.media.prepare import ClipSpec, prepare_media
 clip = prepare_media(sys.argv[1], ClipSpec(fps=17, size=32, seconds=4.0, sample_rate=16000), start=0.5)
-write_mp4(sys.argv[2], clip.video, 17, clip.audio, 16000)
+for path in sys.argv[2:]:  # one worker writing clip after clip, and reading in between
+    write_mp4(path, clip.video, 17, clip.audio, 16000)
+    read_video(path)
 """
 
 
-def test_write_mp4_encodes_the_same_frames_the_same_way_in_every_process(tmp_path):
-    """A rendered source cut to a clip (17 fps, 32 x 32, 16 kHz) by three processes, as `uniform clip` does:
-    the video must come out identical."""
+def test_write_mp4_encodes_the_same_frames_the_same_way_every_time(tmp_path):
+    """A rendered source cut to a clip (17 fps, 32 x 32, 16 kHz) and written six times in each of two
+    processes, as `uniform clip` workers do: every copy must decode to the same frames."""
     from uniform_cli.demo.world import WorldSpec, render_scene
     from uniform_cli.media.io import write_mp4
 
     spec = WorldSpec()
-    scene = render_scene("light", 0, spec)
+    scene = render_scene("ball", 1, spec)
     write_mp4(tmp_path / "source.mp4", scene.frames, spec.fps, scene.wave, spec.sample_rate)
-    paths = [tmp_path / f"{i}.mp4" for i in range(3)]
-    for path in paths:
-        subprocess.run([sys.executable, "-c", CLIP, str(tmp_path / "source.mp4"), str(path)], check=True)
+    paths = []
+    for process in range(2):
+        mine = [tmp_path / f"{process}_{i}.mp4" for i in range(6)]
+        subprocess.run([sys.executable, "-c", CLIP, str(tmp_path / "source.mp4"), *map(str, mine)], check=True)
+        paths += mine
     first = read_video(paths[0])[0]
     for path in paths[1:]:
-        np.testing.assert_array_equal(read_video(path)[0], first)
+        np.testing.assert_array_equal(read_video(path)[0], first, err_msg=path.name)

@@ -95,16 +95,17 @@ def write_mp4(
             video = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             video.width, video.height = frames.shape[2], frames.shape[1]
             video.pix_fmt = "yuv420p"
-            video.options = {"crf": str(crf), "preset": "medium"}
+            # MB-tree off: with it, libx264 encoded the same frames differently from one call to the next once
+            # the process had decoded other media (32 x 32 clips, about one write in three; glibc's
+            # MALLOC_PERTURB_ made it repeat, so it reads memory it never set), and `uniform clip` reruns,
+            # whose workers decode and write clip after clip, gave different clips.
+            video.options = {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}
             sound = None
             if audio is not None:
                 sound = out.add_stream("aac", rate=sample_rate)
                 sound.layout = "mono"
             for i, image in enumerate(frames):
-                # Converted to yuv420p here: left to the encoder, the conversion made the same frames encode
-                # differently from one process to the next (by up to 15 grey levels on 32 x 32 clips that
-                # `prepare_media` had just decoded), so a rerun of `uniform clip` did not give the same clip.
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts = i
                 out.mux(video.encode(frame))
             out.mux(video.encode(None))
