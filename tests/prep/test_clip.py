@@ -123,3 +123,5 @@ def test_cli_on_a_folder(folder, tmp_path):
     assert (tmp_path / "clips" / "good.mp4").is_file()
     result = CliRunner().invoke(app, ["clip", str(folder / "nowhere.csv")])
     assert result.exit_code == 1 and "does not exist" in result.output
+    result = CliRunner().invoke(app, ["clip", str(folder), "--root", str(tmp_path / "other"), "--crf", "52"])
+    assert result.exit_code == 1 and "--crf must lie in 0..51" in result.output

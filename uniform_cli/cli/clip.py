@@ -20,6 +20,7 @@ def main(
     sample_rate: int = typer.Option(16000, help="Audio sample rate of the clip."),
     allow_short: bool = typer.Option(False, help="Pad sources shorter than the clip (recorded in the 'padded' column)."),
     allow_silence: bool = typer.Option(False, help="Write silence for sources without audio (recorded in 'silent')."),
+    crf: int = typer.Option(18, help="H.264 quality of the clips: 0 (lossless) to 51; lower is better and larger."),
     timeout: float = typer.Option(120.0, help="Per-item time limit in seconds (status 'timeout')."),
     max_failures: float = typer.Option(0.5, help="Stop when more than this fraction of items has failed (after 50)."),
     max_consecutive_failures: int = typer.Option(100, help="Stop after this many failures in a row."),
@@ -51,6 +52,7 @@ def main(
             allow_silence=allow_silence,
             timeout=timeout,
             threads=1 if workers > 1 else 0,
+            crf=crf,
         )
         guard = FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures)
         counts, skipped, unfetched, table = run_clip(

@@ -1,7 +1,7 @@
 """The demo driver: the built-in world through every real stage of the toolkit, then what came out, measured.
 
     world     uniform_cli.demo.world          OUT/world/sources/*.mp4 + world.csv (a toolkit manifest)
-    clip      `uniform clip`                  OUT/data/clips/  (32 x 32, 17 fps, 4 s, 16 kHz)
+    clip      `uniform clip --crf 0`          OUT/data/clips/  (32 x 32, 17 fps, 4 s, 16 kHz, lossless)
     caption   `uniform caption --captioner labels`
     encode    `uniform encode --recipe`       OUT/data/shards/ ("pixel" + "mel" latents, "hash" text)
     train     `uniform train`                 OUT/runs/demo/   (DeepSpeed, gloo on the CPU)
@@ -172,8 +172,10 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
         console.print(f"{len(clips)} sources of {spec.seconds:g} s at {spec.width}x{spec.height}, {spec.fps:g} fps, "
                       f"{spec.sample_rate} Hz in {out / 'world/sources'}; manifest {out / 'world/world.csv'}")
     with stages.timed("clip"):
+        # lossless clips (in yuv420p): a rerun gives exactly the same clips (see write_mp4)
         stages.uniform("clip", "world/world.csv", "--root", "data", "--fps", data.fps, "--size", data.size,
-                       "--seconds", data.seconds, "--sample-rate", data.sample_rate, "--workers", settings.workers)
+                       "--seconds", data.seconds, "--sample-rate", data.sample_rate, "--crf", 0,
+                       "--workers", settings.workers)
     with stages.timed("caption"):
         stages.uniform("caption", "world/world.csv", "--root", "data", "--captioner", "labels")
     with stages.timed("encode"):

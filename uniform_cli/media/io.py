@@ -81,7 +81,14 @@ def write_mp4(
 ) -> None:
     """Write uint8 `F H W 3` frames as H.264 (yuv420p) and optional mono float audio as AAC, atomically.
 
-    The result plays in browsers (`+faststart` moves the index to the front).
+    The result plays in browsers (`+faststart` moves the index to the front), except at `crf=0`: lossless
+    H.264 (High 4:4:4 Predictive) plays in FFmpeg-based players, and its frames decode the same every time.
+    At crf > 0, libx264's MB-tree may encode the same small frames differently from one call to the next
+    (seen on 32 x 32 clips written by a process that had decoded other media; every write repeats
+    under glibc's MALLOC_PERTURB_, so libx264 reads memory it never set). MB-tree off would make every write
+    repeat, but it also lets still backgrounds flicker between frames, which adds optical-flow peaks (the
+    AV-Align of 32 reference clips of the demo fell from about 0.46 to 0.39); so it stays on, and crf=0 is the
+    way to exact repeats.
     """
     import av
 
@@ -95,11 +102,7 @@ def write_mp4(
             video = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             video.width, video.height = frames.shape[2], frames.shape[1]
             video.pix_fmt = "yuv420p"
-            # MB-tree off: with it, libx264 encoded the same frames differently from one call to the next once
-            # the process had decoded other media (32 x 32 clips, about one write in three; glibc's
-            # MALLOC_PERTURB_ made it repeat, so it reads memory it never set), and `uniform clip` reruns,
-            # whose workers decode and write clip after clip, gave different clips.
-            video.options = {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}
+            video.options = {"crf": str(crf), "preset": "medium"}
             sound = None
             if audio is not None:
                 sound = out.add_stream("aac", rate=sample_rate)

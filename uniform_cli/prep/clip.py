@@ -47,6 +47,11 @@ class ClipOptions:
     threads: int = 1
     """Decoder threads per worker (1 when there is one worker process per core)."""
     crf: int = 18
+    """H.264 quality (`write_mp4`): 0 is lossless, and its clips repeat exactly on every rerun."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"--crf must lie in 0..51, not {self.crf}")
 
 
 def clip_paths(root: str | Path, key: str) -> tuple[Path, Path]:
