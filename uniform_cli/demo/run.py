@@ -188,7 +188,7 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
     test = [c for c in clips if c.split == "test"]
     with stages.timed("generate"):
         for task in TASKS:
-            samples = settings.t2av_samples if task == "t2av" else 1
+            samples = samples_per_prompt(task, settings.t2av_samples)
             prompts = write_prompts(out / "prompts" / f"{task}.csv", task, test, samples)
             args = ["generate", prompts.relative_to(out), "--checkpoint", checkpoint, "--task", task,
                     "--out", f"generated/{task}", "--num-samples", samples]
@@ -213,6 +213,11 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
     return report
 
 
+def samples_per_prompt(task: str, t2av_samples: int) -> int:
+    """Clips generated per prompt row: `t2av_samples` for T2AV, one for A2V and V2A (one per given clip)."""
+    return t2av_samples if task == "t2av" else 1
+
+
 def write_prompts(path: Path, task: str, test: list, samples: int = 1) -> Path:
     """The prompts CSV of one task: T2AV asks for each test clip's kind by its caption; A2V and V2A give the
     test clip's prepared sound or picture and no text. Row i's seed is i * samples, so that the `samples`
@@ -223,13 +228,13 @@ def write_prompts(path: Path, task: str, test: list, samples: int = 1) -> Path:
         w = csv.writer(f)
         w.writerow(["id", "text", "task", "video", "audio", "seed"])
         for i, c in enumerate(test):
-            clip = f"../data/clips/{c.key}"
+            clip, seed = f"../data/clips/{c.key}", i * samples
             if task == "t2av":
-                w.writerow([c.key, c.label, task, "", "", i * samples])
+                w.writerow([c.key, c.label, task, "", "", seed])
             elif task == "a2v":
-                w.writerow([c.key, "", task, "", f"{clip}.wav", i * samples])
+                w.writerow([c.key, "", task, "", f"{clip}.wav", seed])
             else:
-                w.writerow([c.key, "", task, f"{clip}.mp4", "", i * samples])
+                w.writerow([c.key, "", task, f"{clip}.mp4", "", seed])
     return path
 
 
@@ -272,7 +277,7 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
     audio_kind = NearestKind.fit(np.stack([audio_features(m[2], m[3]) for m in train_media]), [c.kind for c in train])
 
     # media sets: output name -> (frames, fps, wave, rate); every name belongs to one test clip
-    samples = {task: t2av_samples if task == "t2av" else 1 for task in TASKS}
+    samples = {task: samples_per_prompt(task, t2av_samples) for task in TASKS}
     names = {task: {name: c for c in test for name in sample_names(c.key, samples[task])} for task in TASKS}
     kind_of = {name: c.kind for task in TASKS for name, c in names[task].items()}
     reference = {c.key: _load(clip_dir, c.key) for c in test}
