@@ -60,6 +60,10 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     assert set(summary["p_values"]) == {name for name in summary["av_align"] if "shuffled" not in name}
     assert all(0.0 <= p <= 1.0 for p in summary["p_values"].values())
     assert summary["counts"]["reference, shuffled pairs"] == 4 * 3
+    assert set(summary["peaks"]) == set(summary["p_values"])
+    motion, onsets = summary["peaks"]["reference"]
+    assert motion > 0 and onsets > 0  # every event kind of the world moves and sounds
+    assert f"{motion:.1f}/{onsets:.1f}" in result.output
     n = len(t2av_names)
     assert summary["counts"]["T2AV generated"] == n and summary["counts"]["T2AV generated, shuffled pairs"] == n * (n - 1)
     assert set(summary["seconds"]) >= {"world", "clip", "caption", "encode", "train", "generate", "eval", "total"}

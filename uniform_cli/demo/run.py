@@ -81,6 +81,9 @@ class DemoReport:
     """Nearest-kind accuracy per row ("video" / "audio" suffixes)."""
     counts: dict[str, int] = field(default_factory=dict)
     """Clips behind each row."""
+    peaks: dict[str, list[float]] = field(default_factory=dict)
+    """Per row of true pairs, the mean number of motion peaks and of sound onsets per clip: the more peaks, the
+    more hits by chance, so the shuffled pairs of a set with many peaks score high."""
     sheet: str = ""
 
 
@@ -291,8 +294,6 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
         audio = audio_codec.decode(audio_codec.encode(torch.from_numpy(wave)[None]))[0].numpy()
         roundtrip[c.key] = (video, clip_fps, audio, rate)
 
-    def scores(media: dict) -> np.ndarray:
-        return pair_scores([clip_peaks(*m) for m in media.values()], fps)
 
     rows = [  # (row, its shuffled-pairs row, clips)
         ("reference", "reference, shuffled pairs", reference),
@@ -301,11 +302,13 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
         ("A2V generated (sound given)", "A2V generated, shuffled pairs", generated["a2v"]),
         ("V2A generated (picture given)", "V2A generated, shuffled pairs", generated["v2a"]),
     ]
-    av_align, p_values = {}, {}
+    av_align, p_values, peak_counts = {}, {}, {}
     for name, shuffled_name, media in rows:
-        pairs = scores(media)
+        peaks = [clip_peaks(*m) for m in media.values()]
+        pairs = pair_scores(peaks, fps)
         av_align[name], av_align[shuffled_name] = paired_av_align(pairs), shuffled_av_align(pairs)
         p_values[name] = pairing_p_value(pairs)
+        peak_counts[name] = [float(np.mean([len(p.video) for p in peaks])), float(np.mean([len(p.audio) for p in peaks]))]
 
     def accuracy(media: dict, modality: str) -> float:
         kinds = [kind_of[name] for name in media]
@@ -350,6 +353,7 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
         p_values=p_values,
         accuracy=acc,
         counts=counts,
+        peaks=peak_counts,
         sheet=str(sheet),
     )
 
@@ -363,6 +367,7 @@ def print_report(report: DemoReport, console) -> None:
     table.add_column("pairs", justify="right")
     table.add_column("AV-Align", justify="right")
     table.add_column("re-paired as good", justify="right")
+    table.add_column("motion peaks/sound onsets", justify="right")
     table.add_column("looks like its kind", justify="right")
     table.add_column("sounds like its kind", justify="right")
 
@@ -376,11 +381,14 @@ def print_report(report: DemoReport, console) -> None:
         audio = "" if shuffled else ("given" if "sound given" in name else pct(f"{name} audio"))
         p = report.p_values.get(name)
         repaired = "" if p is None else f"{100 * p:.1f}%"
-        table.add_row(name, str(report.counts.get(name, "")), f"{value:.3f}", repaired, video, audio)
+        peaks = report.peaks.get(name)
+        per_clip = "" if peaks is None else f"{peaks[0]:.1f}/{peaks[1]:.1f}"
+        table.add_row(name, str(report.counts.get(name, "")), f"{value:.3f}", repaired, per_clip, video, audio)
     console.print(table)
     console.print("AV-Align: IoU of sound onsets and motion peaks (eval stage); shuffled pairs put one clip's "
                   "picture with another's sound; re-paired as good: how often a random re-pairing of the clips "
-                  "scores at least as high as their true pairs (small: sync beyond chance). Kind: nearest kind "
+                  "scores at least as high as their true pairs (small: sync beyond chance); motion peaks / sound onsets: per "
+                  "clip (the more there are, the more hits by chance). Kind: nearest kind "
                   "centroid of the training clips on simple picture / sound features; chance is 1 in 4.")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items() if k != "total")
     total = report.seconds["total"]
