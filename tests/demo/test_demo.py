@@ -64,6 +64,11 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     motion, onsets = summary["peaks"]["reference"]
     assert motion > 0 and onsets > 0  # every event kind of the world moves and sounds
     assert f"{motion:.1f}/{onsets:.1f}" in result.output
+    assert set(summary["correlation"]) == set(summary["correlation_p_values"]) == set(summary["p_values"])
+    true, shuffled = summary["correlation"]["reference"]
+    assert true > shuffled + 0.1  # the reference clips' sounds follow their own pictures' motion
+    assert all(0.0 <= p <= 1.0 for p in summary["correlation_p_values"].values())
+    assert "motion-onset correlation" in result.output
     n = len(t2av_names)
     assert summary["counts"]["T2AV generated"] == n and summary["counts"]["T2AV generated, shuffled pairs"] == n * (n - 1)
     assert set(summary["seconds"]) >= {"world", "clip", "caption", "encode", "train", "generate", "eval", "total"}
@@ -103,10 +108,10 @@ def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignme
         NearestKind,
         audio_features,
         clip_peaks,
-        pair_scores,
-        paired_av_align,
+        av_align_scores,
+        true_pairs,
         pairing_p_value,
-        shuffled_av_align,
+        shuffled_pairs,
         video_features,
     )
     from uniform_cli.demo.world import KINDS, WorldSpec, render_scene
@@ -122,8 +127,8 @@ def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignme
 
     for kind in ("ball", "light", "block"):  # the kinds whose sounds are events
         peaks = [clip_peaks(sc.frames, 17.0, sc.wave, 16000) for (k, s), sc in scenes.items() if k == kind]
-        pairs = pair_scores(peaks, 17.0)
-        assert paired_av_align(pairs).mean() > 2 * shuffled_av_align(pairs).mean(), kind
+        pairs = av_align_scores(peaks, 17.0)
+        assert true_pairs(pairs).mean() > 2 * shuffled_pairs(pairs).mean(), kind
         assert pairing_p_value(pairs) < 0.05, kind  # fewer than 1 in 20 re-pairings of their sounds do as well
 
 
@@ -155,3 +160,58 @@ def test_audio_features_are_measured_from_the_clip_s_own_background_level():
     mean_levels = slice(0, 64)  # the first 64 features: the mean log-mel per bin
     shift = audio_features(louder)[mean_levels] - audio_features(wave)[mean_levels]
     assert np.abs(shift).max() < 0.5, shift
+
+
+def test_motion_onset_correlation_keeps_sync_that_grain_hides_from_av_align():
+    """A few grey levels of shimmer give every frame a motion peak's chance, so AV-Align's motion peaks pile up
+    and its true pairs sink toward the shuffled ones; the correlation of the motion and onset curves keeps
+    the scenes' own sounds far ahead of other scenes' sounds."""
+    from uniform_cli.demo.measure import (
+        av_align_scores,
+        clip_peaks,
+        correlation_scores,
+        motion_energy,
+        onset_strength_at_frames,
+        pairing_p_value,
+        shuffled_pairs,
+        true_pairs,
+    )
+    from uniform_cli.demo.world import WorldSpec, render_scene
+
+    spec = WorldSpec(width=32, height=32, fps=17.0, sample_rate=16000, seconds=4.0, start=0.0, clip_seconds=4.0)
+    scenes = [render_scene(k, s, spec) for k in ("ball", "light", "block") for s in range(6)]
+    rng = np.random.default_rng(0)
+    grainy = [np.clip(sc.frames + rng.integers(-3, 4, sc.frames.shape), 0, 255).astype(np.uint8) for sc in scenes]
+
+    def correlation(frames: list[np.ndarray]) -> np.ndarray:
+        return correlation_scores([motion_energy(f) for f in frames],
+                                  [onset_strength_at_frames(sc.wave, 16000, len(f), 17.0) for f, sc in zip(frames, scenes)])
+
+    def peaks(frames: list[np.ndarray]) -> list:
+        return [clip_peaks(f, 17.0, sc.wave, 16000) for f, sc in zip(frames, scenes)]
+
+    clean_peaks, grainy_peaks = peaks([sc.frames for sc in scenes]), peaks(grainy)
+    assert sum(len(p.video) for p in grainy_peaks) > 1.5 * sum(len(p.video) for p in clean_peaks)
+    clean, noisy = av_align_scores(clean_peaks, 17.0), av_align_scores(grainy_peaks, 17.0)
+    gap = lambda s: true_pairs(s).mean() - shuffled_pairs(s).mean()  # noqa: E731
+    assert gap(noisy) < 0.75 * gap(clean)  # grain eats AV-Align's margin
+
+    for scores in (correlation([sc.frames for sc in scenes]), correlation(grainy)):
+        assert true_pairs(scores).mean() > shuffled_pairs(scores).mean() + 0.2
+        assert pairing_p_value(scores) == 0.0
+    assert gap(correlation(grainy)) > 0.75 * gap(correlation([sc.frames for sc in scenes]))
+
+
+def test_correlation_scores_compare_every_picture_with_every_sound():
+    from uniform_cli.demo.measure import correlation_scores, motion_energy
+
+    rise, fall, flat = np.arange(6.0), -np.arange(6.0), np.ones(6)
+    scores = correlation_scores([rise, fall, flat], [rise, rise, rise])
+    assert scores.shape == (3, 3)
+    assert scores[0, 0] == pytest.approx(1.0) and scores[1, 0] == pytest.approx(-1.0)
+    assert np.all(scores[2] == 0.0)  # a still picture correlates with nothing
+    frames = np.zeros((3, 4, 4, 3), dtype=np.uint8)
+    frames[2] = 30
+    assert motion_energy(frames).tolist() == [0.0, 0.0, 30.0]  # value 0 repeats value 1
+    with pytest.raises(ValueError, match="F >= 2"):
+        motion_energy(frames[:1])
