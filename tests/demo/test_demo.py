@@ -184,8 +184,8 @@ def test_motion_onset_correlation_keeps_sync_that_grain_hides_from_av_align():
     grainy = [np.clip(sc.frames + rng.integers(-3, 4, sc.frames.shape), 0, 255).astype(np.uint8) for sc in scenes]
 
     def correlation(frames: list[np.ndarray]) -> np.ndarray:
-        return correlation_scores([motion_energy(f) for f in frames],
-                                  [onset_strength_at_frames(sc.wave, 16000, len(f), 17.0) for f, sc in zip(frames, scenes)])
+        onsets = [onset_strength_at_frames(sc.wave, 16000, len(f), 17.0) for f, sc in zip(frames, scenes)]
+        return correlation_scores([motion_energy(f) for f in frames], onsets)
 
     def peaks(frames: list[np.ndarray]) -> list:
         return [clip_peaks(f, 17.0, sc.wave, 16000) for f, sc in zip(frames, scenes)]
