@@ -107,11 +107,11 @@ def test_nearest_kind_tells_the_world_s_kinds_apart_and_shuffling_breaks_alignme
     from uniform_cli.demo.measure import (
         NearestKind,
         audio_features,
-        clip_peaks,
         av_align_scores,
-        true_pairs,
+        clip_peaks,
         pairing_p_value,
         shuffled_pairs,
+        true_pairs,
         video_features,
     )
     from uniform_cli.demo.world import KINDS, WorldSpec, render_scene

@@ -264,14 +264,14 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
     from uniform_cli.demo.measure import (
         NearestKind,
         audio_features,
+        av_align_scores,
         clip_peaks,
         correlation_scores,
         motion_energy,
         onset_strength_at_frames,
-        av_align_scores,
-        true_pairs,
         pairing_p_value,
         shuffled_pairs,
+        true_pairs,
         video_features,
     )
     from uniform_cli.demo.sheet import SheetBlock, SheetRow, write_contact_sheet
@@ -401,9 +401,9 @@ def print_report(report: DemoReport, console) -> None:
     console.print(table)
     console.print("AV-Align: IoU of sound onsets and motion peaks (eval stage); shuffled pairs put one clip's "
                   "picture with another's sound; re-paired as good: how often a random re-pairing of the clips "
-                  "scores at least as high as their true pairs (small: sync beyond chance); motion peaks / sound onsets: per "
-                  "clip (the more there are, the more hits by chance). Kind: nearest kind "
-                  "centroid of the training clips on simple picture / sound features; chance is 1 in 4.")
+                  "scores at least as high as their true pairs (small: sync beyond chance); motion peaks/sound "
+                  "onsets: per clip (the more there are, the more hits by chance). Kind: nearest kind centroid of "
+                  "the training clips on simple picture / sound features; chance is 1 in 4.")
     sync = Table(title="motion-onset correlation: the same sync, measured on curves instead of peaks")
     sync.add_column("clips")
     sync.add_column("true pairs", justify="right")
