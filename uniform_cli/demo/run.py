@@ -318,7 +318,7 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
         peak_counts[name] = [float(np.mean([len(p.video) for p in peaks])),
                              float(np.mean([len(p.audio) for p in peaks]))]
         curves = correlation_scores([motion_energy(m[0]) for m in media.values()],
-                                    [onset_strength_at_frames(m[2], m[3], len(m[0]), fps) for m in media.values()])
+                                    [onset_strength_at_frames(m[2], m[3], len(m[0]), m[1]) for m in media.values()])
         correlation[name] = [float(true_pairs(curves).mean()), float(shuffled_pairs(curves).mean())]
         correlation_p[name] = pairing_p_value(curves)
 
