@@ -94,4 +94,45 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int, raw: dict[
         lr_scheduler=schedule,
         config=config,
     )
+    engine.checkpoint_engine = WeightsOnlyLoading(engine.checkpoint_engine)
     return engine
+
+
+def deepspeed_state_types() -> list[type]:
+    """The classes DeepSpeed's own checkpoint files hold beyond tensors and plain containers (the ZeRO
+    optimizer state's stage, fragment addresses and loss scaler): the allow-list of `load_deepspeed_state`."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+
+
+def load_deepspeed_state(path: str, map_location=None) -> Any:
+    """A DeepSpeed checkpoint file read with `torch.load(weights_only=True)` and only DeepSpeed's own state
+    classes allowed, so that a pickle planted in a run folder cannot run code; one that tries is an error
+    naming the file."""
+    import pickle
+
+    with torch.serialization.safe_globals(deepspeed_state_types()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(
+                f"{path} holds more than tensors and DeepSpeed's training state, so it is not loaded "
+                f"(it could run code): {str(err).splitlines()[0]}"
+            ) from None
+
+
+class WeightsOnlyLoading:
+    """DeepSpeed's checkpoint engine (DeepSpeed's own `torch.load` uses weights_only=False) with every load
+    going through `load_deepspeed_state`; saving and the rest are DeepSpeed's."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def load(self, path: str, map_location=None) -> Any:
+        return load_deepspeed_state(path, map_location)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

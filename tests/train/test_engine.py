@@ -1,0 +1,52 @@
+"""The DeepSpeed engine as `uniform train` builds it: its checkpoints never unpickle code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from tests.train.test_loop import losses, make_recipe, shards  # noqa: F401 (shards is a fixture)
+from uniform_cli.train.loop import train
+
+
+class _Planted:
+    """Unpickling this writes a file: what an attacker's code would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_planted_pickle_and_runs_nothing(tmp_path, shards):  # noqa: F811
+    recipe = make_recipe(tmp_path, shards, "planted", steps=4)
+    train(recipe, stop_after=2)
+    states = tmp_path / "planted" / "checkpoints" / "latest" / "mp_rank_00_model_states.pt"
+    real = torch.load(states, weights_only=True)
+    marker = tmp_path / "code_ran"
+    torch.save({**real, "client": _Planted(str(marker))}, states)
+    with pytest.raises(pickle.UnpicklingError, match="mp_rank_00_model_states.pt"):
+        train(recipe, resume="latest")
+    assert not marker.exists()
+    from uniform_cli.train.engine import load_deepspeed_state
+
+    with pytest.raises(pickle.UnpicklingError):
+        load_deepspeed_state(str(states))
+    assert not marker.exists()
+
+
+def test_zero1_resume_loads_deepspeed_state_classes_and_repeats_the_run(tmp_path, shards):  # noqa: F811
+    whole = train(make_recipe(tmp_path, shards, "z1whole", steps=2, zero_stage=1))
+    halves = make_recipe(tmp_path, shards, "z1halves", steps=2, zero_stage=1)
+    train(halves, stop_after=1)
+    optim = next((tmp_path / "z1halves" / "checkpoints" / "latest").glob("*optim_states.pt"))
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(optim))  # classes beyond tensors
+    train(halves, resume="latest")
+    assert losses(tmp_path / "z1halves") == losses(whole)
+    state = json.loads((tmp_path / "z1halves" / "checkpoints" / "latest" / "trainer_state.json").read_text())
+    assert state["step"] == 2
