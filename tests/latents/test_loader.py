@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.latents.test_shards import AUDIO, VIDEO, write_random_shards
 from uniform_cli.latents.loader import ShardDataError, make_loader, shard_info
+from uniform_cli.latents.shards import ShardFormatError
 
 KEYS = [f"k{i:02d}" for i in range(24)]
 
@@ -125,3 +128,48 @@ def test_a_bad_sample_is_skipped_and_counted_up_to_the_cap(shards):
     assert seen == [k for k in KEYS if k != "k01"]
     with pytest.raises(ShardDataError, match="unreadable samples"):
         list(make_loader([shards], 4, resampled=False, num_workers=0, max_bad_samples=0).epoch(0))
+
+
+# ---------------------------------------------------------------------------------------------- hostile
+
+
+def _plant_stats(shards, name: str, file: str) -> None:
+    """A stats file naming `file`, beside the real ones, with the real shards' shapes and codecs."""
+    real = json.loads(next(shards.glob("*.stats.json")).read_text())
+    (shards / name).write_text(json.dumps({**real, "file": file}))
+
+
+def test_names_from_stats_files_never_reach_a_shell(shards, tmp_path, monkeypatch):
+    marker = tmp_path / "code_ran"
+    command = f"pipe:touch {marker}; cat {shards / 'train-00000.tar'}"
+    _plant_stats(shards, "train-00009.tar.stats.json", command)
+    (shards / command).parent.mkdir(parents=True, exist_ok=True)  # so that `folder / name` "exists"
+    (shards / command).write_bytes((shards / "train-00000.tar").read_bytes())
+    monkeypatch.chdir(shards)  # data.shards = "." makes `Path(".") / name` the bare name
+    with pytest.raises(ShardFormatError, match="train-00009.tar.stats.json"):
+        list(make_loader(["."], 4, resampled=False, num_workers=0).epoch(0))
+    assert not marker.exists()
+
+
+def test_a_stats_file_may_only_name_its_own_shard(shards):
+    _plant_stats(shards, "train-00009.tar.stats.json", "../elsewhere-00000.tar")
+    with pytest.raises(ShardFormatError, match="its own shard"):
+        shard_info([shards])
+
+
+def test_an_index_naming_other_files_is_not_trusted(shards, tmp_path):
+    index = json.loads((shards / "index.json").read_text())
+    index["shards"][0]["file"] = f"pipe:touch {tmp_path / 'code_ran'}"
+    (shards / "index.json").write_text(json.dumps(index))
+    info = shard_info([shards])  # the index disagrees with the stats on disk: rebuilt from them
+    assert all(Path(u).parent == shards.resolve() for u in info.urls("train"))
+    assert len(list(make_loader([shards], 4, resampled=False, num_workers=0).epoch(0))) == 6
+    assert not (tmp_path / "code_ran").exists()
+
+
+def test_a_shard_linked_out_of_its_folder_is_refused(shards, tmp_path):
+    outside = tmp_path / "outside.tar"
+    (shards / "train-00000.tar").rename(outside)
+    (shards / "train-00000.tar").symlink_to(outside)
+    with pytest.raises(ShardFormatError, match="not a regular file inside"):
+        shard_info([shards])

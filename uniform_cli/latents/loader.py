@@ -30,18 +30,19 @@ and counted; more than `max_bad_samples` in one worker's epoch is an error (`Sha
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from uniform_cli.latents.shards import INDEX_FILE, SHARDS_DIR, npy_array, read_index
+from uniform_cli.latents.shards import INDEX_FILE, SHARDS_DIR, npy_array, read_index, shard_file
 from uniform_cli.types import Latents
 
 
@@ -130,7 +131,7 @@ def shard_info(sources: Sequence[str | Path] | str | Path) -> ShardInfo:
     for folder, ix in zip(folders, indexes):
         for entry in ix["shards"]:
             num_samples[entry["split"]] = num_samples.get(entry["split"], 0) + entry["count"]
-            shards.setdefault(entry["split"], []).append(str(folder / entry["file"]))
+            shards.setdefault(entry["split"], []).append(str(shard_file(folder, entry["file"])))
     shapes = first["shapes"]
     return ShardInfo(
         folders=tuple(folders),
@@ -202,6 +203,14 @@ def stream_seed(*parts: int) -> int:
 def share(total: int, stream: int, streams: int) -> int:
     """How many of batches 0..total-1 belong to `stream` when batch i belongs to stream i % streams."""
     return len(range(stream, total, streams))
+
+
+def open_shards(sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset's shard opener for local files only: each `url` (a path `shard_info` checked) is opened with
+    `open`, never with webdataset's `gopen`, which would run `pipe:` URLs through the shell."""
+    for source in sources:
+        with open(source["url"], "rb") as stream:
+            yield {**source, "stream": stream}
 
 
 class _BadSamples:
@@ -304,6 +313,7 @@ class LatentDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[LatentBatch]:
         import webdataset as wds
+        from webdataset.tariterators import group_by_keys, tar_file_expander
 
         worker_info = torch.utils.data.get_worker_info()
         worker, workers = (worker_info.id, worker_info.num_workers) if worker_info else (0, 1)
@@ -322,7 +332,12 @@ class LatentDataset(IterableDataset):
             urls = list(self.urls)
             random.Random(stream_seed(self.seed, self.epoch, 0)).shuffle(urls)  # the same order on every rank
             source = wds.SimpleShardList(urls[self.rank :: self.world_size][stream::workers])
-        stages: list[Any] = [source, wds.tarfile_to_samples(handler=bad)]
+        stages: list[Any] = [
+            source,
+            open_shards,
+            functools.partial(tar_file_expander, handler=bad),
+            functools.partial(group_by_keys, handler=bad),
+        ]
         if self.shuffle_buffer > 1:
             rng = random.Random(stream_seed(self.seed, self.epoch, self.rank, stream, 1))
             stages.append(wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng))

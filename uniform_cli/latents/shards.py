@@ -44,6 +44,8 @@ INDEX_FILE = "index.json"
 STATS_SUFFIX = ".stats.json"
 TMP_SUFFIX = ".tmp"
 FORMAT_VERSION = 1
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+-\d{5,}\.tar$")
+"""The only shard file names there are (what the writer makes): never a URL, a `pipe:` command or a path."""
 
 
 class ShardFormatError(ValueError):
@@ -121,14 +123,35 @@ class ShardStats:
 
     @classmethod
     def load(cls, path: Path) -> "ShardStats":
+        """The stats at `path`, which must name its own shard (`{shard}.stats.json` names `{shard}`)."""
         try:
-            data = json.loads(path.read_text())
-            return cls(**data)
+            stats = cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as err:
             raise ShardFormatError(f"{path}: unreadable shard stats ({err}); delete it and its shard, then rerun encode") from err
+        if stats.file != path.name[: -len(STATS_SUFFIX)] or not SHARD_NAME.match(path.name[: -len(STATS_SUFFIX)]):
+            raise ShardFormatError(
+                f"{path}: names the shard {stats.file!r}, but a stats file may only describe its own shard "
+                f"{path.name[: -len(STATS_SUFFIX)]!r}; this file was not written by `uniform encode`: delete it"
+            )
+        return stats
 
     def save(self, folder: Path) -> None:
         write_text_atomic(folder / (self.file + STATS_SUFFIX), json.dumps(asdict(self), indent=1))
+
+
+def shard_file(folder: Path, name: Any) -> Path:
+    """The shard `name` of `folder` as a checked, resolved path: a file name of the writer's pattern that is a
+    regular file inside `folder` (not a link out of it). Names come from stats and index files, which are data:
+    nothing in them may become a URL, a shell command (webdataset's `pipe:`) or a path elsewhere."""
+    if not isinstance(name, str) or not SHARD_NAME.match(name):
+        raise ShardFormatError(
+            f"{folder}: {name!r} is not a shard file name (PREFIX-NNNNN.tar); the index or stats naming it were "
+            "not written by `uniform encode`"
+        )
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve() or not path.is_file():
+        raise ShardFormatError(f"{folder / name} is not a regular file inside {folder}")
+    return path
 
 
 def shard_prefix(split: str, shard: Shard) -> str:
