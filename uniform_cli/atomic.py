@@ -1,12 +1,22 @@
-"""Atomic file writes: a stage killed at any point leaves nothing half-written that a rerun would trust."""
+"""Safe file writes: a stage killed at any point leaves nothing half-written that a rerun would trust, and no
+write follows a symbolic link planted at its path (an append would otherwise truncate and extend the link's
+target, wherever it is).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
+
+import numpy as np
+
+
+class UnsafePathError(OSError):
+    """A path to be written is a symbolic link or not a regular file; nothing was written."""
 
 
 @contextlib.contextmanager
@@ -27,3 +37,44 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a whole text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def complete_prefix(data: bytes, csv_quotes: bool = False) -> int:
+    """The length of the part of `data` that ends with a complete line: after the last line break, or with
+    `csv_quotes` after the last line break outside a quoted CSV field (a field may hold line breaks)."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    breaks = np.flatnonzero(buf == ord("\n"))
+    if csv_quotes and len(breaks):
+        quotes_before = np.cumsum(buf == ord('"'))[breaks]  # a break is between records iff this is even
+        breaks = breaks[quotes_before % 2 == 0]
+    return int(breaks[-1]) + 1 if len(breaks) else 0
+
+
+def open_append(path: str | Path, csv_quotes: bool = False) -> IO[str]:
+    """Open a line file (a status table, results.jsonl) for appending text. A symbolic link at `path`, or a
+    directory or FIFO, is refused (UnsafePathError); a partial last line left by a killed run is cut first
+    (see `complete_prefix`), so an appended line never joins it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        if path.is_symlink() or path.exists():
+            raise UnsafePathError(
+                f"{path} is a symbolic link or not a regular file; refusing to write through it (remove it)"
+            ) from err
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"{path} is not a regular file; refusing to append to it")
+        os.set_blocking(fd, True)
+        size = os.fstat(fd).st_size
+        if size:
+            keep = complete_prefix(os.pread(fd, size, 0), csv_quotes)
+            if keep < size:
+                os.ftruncate(fd, keep)
+        return os.fdopen(fd, "a", newline="", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from uniform_cli.atomic import complete_prefix, open_append
+
 OK = "ok"
 
 
@@ -109,12 +111,8 @@ class StatusTable:
             raise ValueError(f"{self.path.name}: fields {sorted(unknown)} are not columns {self.columns}")
         self.rows[result.key] = row
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                _drop_partial_tail(self.path)  # a killed run may have left a partial last row
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            self._file = open(self.path, "a", newline="", encoding="utf-8")
-            if new:
+            self._file = open_append(self.path, csv_quotes=True)
+            if self._file.tell() == 0:
                 csv.writer(self._file).writerow(self.columns)
         buf = io.StringIO()
         csv.writer(buf).writerow([row.get(c, "") for c in self.columns])
@@ -139,20 +137,6 @@ class StatusTable:
             self._file = None
 
 
-def _drop_partial_tail(path: Path) -> None:
-    """Cut the file after its last line break, so that appended rows never join a partial one."""
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - 65536))
-        tail = f.read()
-        cut = tail.rfind(b"\n")
-        if cut == -1 and size > len(tail):
-            return  # a row longer than 64 KiB: leave it; the reader skips it
-        keep = size - len(tail) + cut + 1
-        if keep < size:
-            f.truncate(keep)
-
-
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -162,11 +146,10 @@ def _cell(v: Any) -> str:
 def _read_rows(path: Path) -> dict[str, dict[str, str]]:
     """Rows of a status CSV, last row per key winning; blank and partial lines skipped."""
     rows: dict[str, dict[str, str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        text = f.read()
-    # Every complete row ends with a line break: text after the last one is a row cut off by a kill,
-    # even when it happens to have the right number of fields.
-    text = text[: text.rfind("\n") + 1]
+    data = path.read_bytes()
+    # Every complete row ends with a line break outside quotes: what follows the last one is a row cut off
+    # by a kill, even when it happens to have the right number of fields.
+    text = data[: complete_prefix(data, csv_quotes=True)].decode("utf-8", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:

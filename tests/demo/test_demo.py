@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from uniform_cli.config import load_recipe
-from uniform_cli.demo.run import MARKER, QUICK, TASKS, DemoError, prepare_out
+from uniform_cli.demo.run import MARKER, QUICK, DemoError, prepare_out
 
 
 def test_quick_demo_end_to_end(tmp_path: Path):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from uniform_cli.atomic import open_append
 from uniform_cli.media.prepare import ClipSpec
 from uniform_cli.stage import Shard
 from uniform_cli.types import Task
@@ -227,14 +228,8 @@ def is_done(out_dir: Path, name: str, done: set[str]) -> bool:
 
 
 def append_line(path: Path, record: dict) -> None:
-    """Append one JSON line; a partial line left by a killed run is cut first, so lines never merge."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            data = f.read()
-            if not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-    with open(path, "a", encoding="utf-8") as f:
+    """Append one JSON line (never through a link at `path`; a partial line left by a kill is cut first)."""
+    with open_append(path) as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())

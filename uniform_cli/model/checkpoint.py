@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from uniform_cli.atomic import atomic_path, write_text_atomic
 from uniform_cli.config import ModelConfig
 from uniform_cli.model.layers import timestep_embedding
 from uniform_cli.model.uniform import UniForm
@@ -63,17 +62,6 @@ def _group(key: str) -> str:
 # -- UniForm's own checkpoints -------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def config_to_dict(cfg: ModelConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
@@ -93,9 +81,10 @@ def save_pretrained(model: UniForm, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config_to_dict(model.cfg), indent=2) + "\n"
-    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    write_text_atomic(folder / CONFIG_NAME, text)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     return folder
 
 

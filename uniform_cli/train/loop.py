@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from uniform_cli.atomic import open_append, write_text_atomic
 from uniform_cli.config import DataConfig, Recipe, recipe_to_toml
 from uniform_cli.types import Latents, Task
 
@@ -176,7 +177,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     recipe_toml = recipe_to_toml(recipe)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(recipe_toml)
+        write_text_atomic(run_dir / "recipe.toml", recipe_toml)
         console.print(f"[bold]uniform train[/bold] {cfg.name}: {note}; {world} process(es) on {device}; "
                       f"shards hold {info.num_samples} samples; from step {step}")
 
@@ -234,7 +235,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
             if rank == 0 and (step % cfg.log_every == 0 or step == end):
                 record = _metrics(step, torch.cat(losses), torch.cat(tasks_seen), engine, grad_norm,
                                   cfg.batch_size, seconds, tokens)
-                with open(metrics_path, "a") as f:
+                with open_append(metrics_path) as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
                     for k, v in record.items():

@@ -1,0 +1,70 @@
+"""Safe writes: appends never follow a planted link and never join a line cut by a kill."""
+
+import os
+
+import pytest
+
+from uniform_cli.atomic import UnsafePathError, complete_prefix, open_append, write_text_atomic
+from uniform_cli.generate.runner import append_line
+from uniform_cli.stage import ItemResult, StatusTable, read_status
+
+
+def test_complete_prefix_ends_at_the_last_whole_line():
+    assert complete_prefix(b"") == 0
+    assert complete_prefix(b"a\nb") == 2
+    assert complete_prefix(b'a\n"b\nc') == 5  # without CSV quoting a break is a break
+    assert complete_prefix(b'a\n"b\nc', csv_quotes=True) == 2  # inside an open quoted field
+    assert complete_prefix(b'a\n"b\nc"\n', csv_quotes=True) == 8
+    assert complete_prefix(b'a,"say ""hi""\n"\n', csv_quotes=True) == 16
+
+
+@pytest.mark.parametrize("write", ["table", "results", "open_append"])
+def test_appends_refuse_a_link_planted_at_their_path(tmp_path, write):
+    target = tmp_path / "outside" / "precious.txt"
+    target.parent.mkdir()
+    target.write_text("line one\nline two without a break")
+    root = tmp_path / "root"
+    root.mkdir()
+    link = root / ("clips.csv" if write == "table" else "results.jsonl")
+    link.symlink_to(target)
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        if write == "table":
+            StatusTable(link, ["path"]).record(ItemResult("a", "ok"))
+        elif write == "results":
+            append_line(link, {"id": "a"})
+        else:
+            open_append(link)
+    assert target.read_text() == "line one\nline two without a break"
+    assert os.path.islink(link)
+
+
+def test_appends_refuse_a_directory_or_fifo(tmp_path):
+    (tmp_path / "dir.csv").mkdir()
+    os.mkfifo(tmp_path / "fifo.csv")
+    for name in ("dir.csv", "fifo.csv"):
+        with pytest.raises(UnsafePathError, match="not a regular file"):
+            open_append(tmp_path / name)
+
+
+def test_a_row_cut_inside_a_quoted_line_break_swallows_nothing(tmp_path):
+    path = tmp_path / "captions.csv"
+    table = StatusTable(path, ["caption"])
+    table.record(ItemResult("a", "ok", fields={"caption": "two\nlines"}))
+    table.close()
+    with open(path, "a", newline="") as f:
+        f.write('b,ok,,"cut\nhere')  # killed inside a quoted field that holds a line break
+    for key in ("c", "d"):
+        again = StatusTable(path, ["caption"])
+        again.record(ItemResult(key, "ok", fields={"caption": key}))
+        again.close()
+    rows = read_status(tmp_path, "captions")
+    assert sorted(rows) == ["a", "c", "d"] and rows["a"]["caption"] == "two\nlines"
+
+
+def test_atomic_writes_replace_a_planted_link_not_its_target(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep")
+    (tmp_path / "index.json").symlink_to(target)
+    write_text_atomic(tmp_path / "index.json", "{}")
+    assert target.read_text() == "keep"
+    assert not os.path.islink(tmp_path / "index.json") and (tmp_path / "index.json").read_text() == "{}"
