@@ -95,15 +95,17 @@ def test_bad_csv_lists_every_problem_and_writes_nothing(tmp_path, checkpoint, me
         "x4,rain,t2av,,,seven",                   # bad seed
         "../evil,rain,t2av,,,",                   # unsafe id
         f"x5,rain,v2a,{media['audio']},,",        # a video file without a video stream
+        "x6,rain,a2v,,data:audio/wav,",  # a scheme, not a file
     ])
     out = tmp_path / "out"
     result = invoke(prompts, "--checkpoint", checkpoint, "--out", out, "--device", "cpu")
     assert result.exit_code == 2
     text = " ".join(result.output.split())
-    assert "7 problem(s)" in text
+    assert "8 problem(s)" in text
     for needle in ("line 3: duplicate id 'ok'", "line 4: unknown task 't2x'", "line 5: task v2a needs a video",
                    "line 6: audio file", "missing.wav does not exist", "line 7: seed 'seven'",
-                   "line 8: id '../evil' is not safe", "line 9:", "has no video stream"):
+                   "line 8: id '../evil' is not safe", "line 9:", "has no video stream",
+                   "line 10: audio 'data:audio/wav' is a URL"):
         assert needle in text, needle
     assert not out.exists()
 

@@ -1,4 +1,4 @@
-"""Writing media: lossless clips repeat exactly, whichever process writes them and however often."""
+"""Media files: lossless clips repeat exactly, whichever process writes them; only local files are decoded."""
 
 import subprocess
 import sys
@@ -35,3 +35,28 @@ def test_lossless_clips_decode_to_the_same_frames_every_time(tmp_path):
     first = read_video(paths[0])[0]
     for path in paths[1:]:
         np.testing.assert_array_equal(read_video(path)[0], first, err_msg=path.name)
+
+
+def test_decoders_refuse_schemes_and_non_files_without_looking_them_up(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from uniform_cli.media.io import MediaError, local_file, read_audio
+    from uniform_cli.media.prepare import PrepareError, probe
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("data:video/mp4;base64,AAAA", "file:clip.mp4", "javascript:alert(1)", "concat:a.mp4|b.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")  # a file of that name exists: it must still not be opened
+        with pytest.raises(MediaError, match="is a URL"):
+            local_file(name)
+        with pytest.raises(PrepareError, match="is a URL"):
+            probe(name)
+    os.mkfifo(tmp_path / "fifo.wav")
+    (tmp_path / "folder.wav").mkdir()
+    for name in ("fifo.wav", "folder.wav"):
+        with pytest.raises(MediaError, match="not a regular file"):
+            read_audio(tmp_path / name)
+    (tmp_path / "real.mp4").touch()
+    assert local_file("real.mp4") == str(tmp_path / "real.mp4")  # a relative name becomes absolute

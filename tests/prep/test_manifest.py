@@ -45,12 +45,14 @@ def test_every_problem_is_reported_together(tmp_path):
         "e,https://x/e,3,2,,\n"
         "f,https://x/f,0,,,\n"
         "f,https://x/g,0,,,\n"
+        "g,data:video/mp4;base64;AAAA,0,,,\n"
+        "h,javascript:alert(1),0,,,\n"
     )
     with pytest.raises(ManifestError) as e:
         read_manifest(path)
     text = str(e.value)
-    assert "5 problem(s)" in text
-    for part in ("'a.b'", "ftp://", "'five'", "bad time range", "duplicate key 'f'"):
+    assert "7 problem(s)" in text
+    for part in ("'a.b'", "ftp://", "'five'", "bad time range", "duplicate key 'f'", "'data:video", "'javascript:"):
         assert part in text
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("id,url,label\n")

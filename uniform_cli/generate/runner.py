@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from uniform_cli.atomic import open_append
+from uniform_cli.media.io import URL_SCHEME
 from uniform_cli.media.prepare import ClipSpec
 from uniform_cli.stage import Shard
 from uniform_cli.types import Task
@@ -162,6 +163,9 @@ def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpe
         media: dict[str, Path | None] = {}
         for kind, needed_by in (("video", Task.V2A), ("audio", Task.A2V)):
             media[kind] = (base / cell(kind)).expanduser() if cell(kind) else None
+            if URL_SCHEME.match(cell(kind)):
+                problems.append(f"{where}: {kind} {cell(kind)!r} is a URL, not a file; give a local path")
+                continue
             if task != needed_by:
                 continue
             if media[kind] is None:

@@ -6,6 +6,7 @@ rate, rotation, odd pixel formats, late audio) on top of PyAV directly.
 
 from __future__ import annotations
 
+import re
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -15,8 +16,30 @@ import numpy as np
 from uniform_cli.atomic import atomic_path
 
 
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+"""A leading `scheme:` (http:, data:, file:, concat:, pipe:, javascript: ...)."""
+
+
 class MediaError(RuntimeError):
     """A media file that cannot be read or written; the message names the file."""
+
+
+def local_file(path: str | Path) -> str:
+    """`path` as the absolute path of an existing regular file, the only thing handed to a decoder.
+
+    FFmpeg reads protocols in the name it is given (`data:`, `concat:`, `subfile:`, `pipe:`, `http:`), so a
+    name with a scheme is refused as a URL, not looked up as a file; a directory or FIFO is refused too (a
+    FIFO would block the decoder). The absolute path starts with `/`, which FFmpeg never reads as a protocol.
+    """
+    text = str(path)
+    if URL_SCHEME.match(text):
+        raise MediaError(f"{text!r} is a URL ({text.split(':', 1)[0]}:), not a file; only local files are decoded")
+    absolute = Path(text).absolute()
+    if not absolute.exists():
+        raise MediaError(f"{text}: no such file")
+    if not absolute.is_file():
+        raise MediaError(f"{text}: not a regular file (a directory, FIFO or device)")
+    return str(absolute)
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
@@ -24,7 +47,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(local_file(path)) as container:
             if not container.streams.video:
                 raise MediaError(f"{path}: no video stream")
             stream = container.streams.video[0]
@@ -43,7 +66,7 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(local_file(path)) as container:
             if not container.streams.audio:
                 raise MediaError(f"{path}: no audio stream")
             stream = container.streams.audio[0]

@@ -138,10 +138,8 @@ def prepare_media(
     path = Path(path)
     slack = 1.0 / spec.fps if slack is None else slack
     deadline = _Deadline(timeout, path)
-    if not path.is_file():
-        raise PrepareError(DECODE_ERROR, f"{path}: no such file")
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(_local(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise PrepareError(DECODE_ERROR, f"{path.name}: cannot open: {e}") from None
     try:
@@ -175,10 +173,20 @@ def probe(path: str | Path) -> SourceInfo:
     import av
 
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with av.open(_local(path), metadata_errors="ignore") as container:
             return _probe(container)
     except av.error.FFmpegError as e:
         raise PrepareError(DECODE_ERROR, f"{Path(path).name}: cannot open: {e}") from None
+
+
+def _local(path: str | Path) -> str:
+    """`local_file(path)` with its MediaError as a PrepareError (`decode_error`)."""
+    from uniform_cli.media.io import MediaError, local_file
+
+    try:
+        return local_file(path)
+    except MediaError as e:
+        raise PrepareError(DECODE_ERROR, str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------ probing

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uniform_cli.atomic import atomic_path
+from uniform_cli.media.io import URL_SCHEME
 from uniform_cli.prep.manifest import ManifestItem
 from uniform_cli.stage import OK, ItemResult, StageError
 
@@ -296,6 +297,7 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
             "merge_output_format": "mp4",
             "postprocessors": [{"key": "FFmpegVideoRemuxer", "preferedformat": "mp4"}],
             "noplaylist": True,
+            "playlist_items": "1",  # one row, one video: a page with many <video> tags is a "playlist"
             "overwrites": True,
             "quiet": True,
             "no_warnings": True,
@@ -326,8 +328,10 @@ def _check_download(path: Path) -> None:
     """
     import av
 
+    from uniform_cli.media.io import local_file
+
     try:
-        with av.open(str(path)) as container:
+        with av.open(local_file(path)) as container:
             if not container.streams.video:
                 raise StageError("incomplete", f"downloaded file has no video stream ({path.stat().st_size} bytes)")
             stream = container.streams.video[0]
@@ -346,7 +350,7 @@ def _check_download(path: Path) -> None:
 def fetch_item(item: ManifestItem, options: FetchOptions, limiter: RateLimiter) -> ItemResult:
     """Fetch one item, retrying transient failures; a local path is recorded as 'local' and left in place."""
     if not item.is_remote:
-        if "://" in item.url:
+        if URL_SCHEME.match(item.url):
             return ItemResult(item.key, "bad_url", f"{item.url!r}: only http(s) URLs and local paths are accepted")
         if not Path(item.url).is_file():
             return ItemResult(item.key, "missing_file", f"local file {item.url} does not exist")

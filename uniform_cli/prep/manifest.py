@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from uniform_cli.media.io import URL_SCHEME
+
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
@@ -127,7 +129,7 @@ def _read_toolkit(rows: list[list[str]], path: Path) -> tuple[list[ManifestItem]
             problems.append(f"row {n}: empty url")
             continue
         if not url.startswith(("http://", "https://")):
-            if "://" in url:
+            if URL_SCHEME.match(url):  # data:, file:, javascript: ... are schemes, not file names
                 problems.append(f"row {n}: url {url!r} is neither http(s) nor a local path")
                 continue
             local = Path(url)
