@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,8 +16,8 @@ import pytest
 from tests.fixtures.codecs import make_audioldm_folder, make_opensora_vae_folder, make_text_encoder_folder
 from uniform_cli.config import CodecConfig, DataConfig
 from uniform_cli.latents.encode import EncodeOptions, encode_dataset
-from uniform_cli.latents.loader import make_loader, shard_info
-from uniform_cli.latents.shards import read_stats
+from uniform_cli.latents.loader import ShardDataError, make_loader, shard_info
+from uniform_cli.latents.shards import ShardFormatError, read_stats
 from uniform_cli.media.io import write_mp4, write_wav
 from uniform_cli.prep.manifest import read_manifest
 from uniform_cli.stage import ItemResult, Shard, StatusTable, read_status
@@ -205,3 +206,41 @@ def test_sharded_processes_split_the_work_and_the_index_merges(tmp_path, codecs)
     status = read_status(root, "encode")  # encode.shard-0-of-2.csv + encode.shard-1-of-2.csv
     assert sorted(status) == sorted([*keys, "small"])
     assert status["small"]["status"] == "bad_clip" and "17x32x32x3, expected 17x64x64x3" in status["small"]["error"]
+
+
+def test_a_shard_cut_after_sealing_stops_train_and_is_encoded_again(tmp_path, codecs):
+    root = tmp_path / "data"
+    keys = [f"k{i}" for i in range(4)]
+    manifest = make_dataset(root, keys, TINY_DATA)
+    options = dict(batch_size=2, samples_per_shard=2, text_embeddings=False)
+    encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, EncodeOptions(**options))
+    shards = root / "shards"
+    cut = shards / "train-00001.tar"
+    lost = set(next(s for s in read_stats(shards) if s.file == cut.name).keys)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # its stats survive
+    with pytest.raises(ShardDataError, match="train-00001.tar is .* bytes but was sealed at"):
+        shard_info([shards])
+    with pytest.warns(UserWarning, match="set aside as train-00001.tar.broken"):
+        summary = encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, EncodeOptions(**options))
+    assert summary.counts == {"ok": len(lost)} and (shards / "train-00001.tar.broken").is_file()
+    assert sorted(all_shard_keys(shards)) == keys  # every key once, the set-aside copy never read
+
+
+def test_garbage_stats_and_tars_are_clear_errors_naming_the_file(tmp_path, codecs):
+    root = tmp_path / "data"
+    manifest = make_dataset(root, ["a", "b"], TINY_DATA)
+    options = EncodeOptions(batch_size=2, samples_per_shard=2, text_embeddings=False)
+    encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, options)
+    shards = root / "shards"
+    (shards / "train-00005.tar").write_bytes(b"not a tar at all" * 100)  # no stats: recovery finds garbage
+    with pytest.warns(UserWarning, match="train-00005.tar: unreadable and without stats"):
+        encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, options)
+    assert (shards / "train-00005.tar.broken").is_file() and not (shards / "train-00005.tar").exists()
+    stats = shards / "train-00000.tar.stats.json"
+    real = json.loads(stats.read_text())
+    for spoiled, needle in (("{not json", "unreadable shard stats"), (dict(real, count=7), "count 7"),
+                            (dict(real, split="../x"), "split"), (dict(real, shapes={"video": "big"}), "video latent")):
+        stats.write_text(spoiled if isinstance(spoiled, str) else json.dumps(spoiled))
+        with pytest.raises(ShardFormatError, match=needle) as err:
+            shard_info([shards])
+        assert "train-00000.tar.stats.json" in str(err.value)

@@ -7,6 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,16 +109,28 @@ def test_resampled_order_is_reproducible_and_resumes_exactly(shards):
     assert resumed == unbroken[3:]
 
 
-def _corrupt_one_sample(shard_path, key):
-    """Rewrite a shard with one sample's video.npy replaced by garbage."""
+def _corrupt_one_sample(shard_path, key, data=b"not an npy file"):
+    """Rewrite a shard with one sample's video.npy replaced by `data`, as if it had been sealed so (its stats
+    get the new size: a shard cut after sealing is refused as a whole, see test_encode)."""
     with tarfile.open(shard_path) as tf:
         members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
     with tarfile.open(shard_path, "w") as tf:
-        for m, data in members:
+        for m, content in members:
             if m.name == f"{key}.video.npy":
-                data = b"not an npy file"
-            m.size = len(data)
-            tf.addfile(m, io.BytesIO(data))
+                content = data
+            m.size = len(content)
+            tf.addfile(m, io.BytesIO(content))
+    stats = shard_path.with_name(shard_path.name + ".stats.json")
+    stats.write_text(json.dumps({**json.loads(stats.read_text()), "size": shard_path.stat().st_size}))
+
+
+def test_a_sample_of_the_wrong_dtype_is_refused_like_a_wrong_shape(shards):
+    from uniform_cli.latents.shards import npy_bytes
+
+    _corrupt_one_sample(shards / "train-00000.tar", "k01", npy_bytes(np.zeros(VIDEO, np.float64)))
+    with pytest.warns(UserWarning, match="float64"):
+        batches = list(make_loader([shards], 4, resampled=False, num_workers=0, max_bad_samples=1).epoch(0))
+    assert sorted(k for b in batches for k in b.keys) == [k for k in KEYS if k != "k01"]
 
 
 def test_a_bad_sample_is_skipped_and_counted_up_to_the_cap(shards):

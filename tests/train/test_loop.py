@@ -157,8 +157,22 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, shards):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "stopped by signal" in out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # saved, but not finished: a job script must see it
+    assert "stopped by signal 15" in out
     latest = tmp_path / "sig" / "checkpoints" / "latest"
     step = json.loads((latest / "trainer_state.json").read_text())["step"]
     assert step >= 3 and len(metrics.read_text().splitlines()) == step
+
+
+def test_a_recipe_whose_codecs_differ_from_the_shards_is_refused_before_step_0(tmp_path, shards):
+    from uniform_cli.latents.loader import ShardDataError
+
+    recipe = make_recipe(tmp_path, shards, "othercodec")
+    recipe.codec.video = "pixel"
+    recipe.codec.text_encoder = "google/t5-v1_1-base"
+    with pytest.raises(ShardDataError) as err:
+        train(recipe)
+    text = str(err.value)
+    assert "video: the shards hold opensora (hpcai-tech/OpenSora-VAE-v1.2), the recipe says pixel" in text
+    assert "text: the shards hold embeddings of DeepFloyd/t5-v1_1-xxl, the recipe says google/t5-v1_1-base" in text
+    assert not (tmp_path / "othercodec").exists()

@@ -1,0 +1,29 @@
+"""The `uniform` command line (see main.py). Exit codes, the same in every command: 0 done; 1 a failure at
+run time (missing weights, a stage whose every item failed, the failure cap, a full disk); 2 a usage or input
+error (bad flags, or a recipe, manifest or prompts CSV that cannot be used); 128 + N a train stopped by signal
+N after saving a checkpoint (130 for Ctrl-C, 143 for SIGTERM)."""
+
+from __future__ import annotations
+
+from typing import Mapping, NoReturn
+
+import typer
+
+USAGE = 2
+FAILED = 1
+
+
+def fail(message: object, code: int = FAILED) -> NoReturn:
+    """Print `error: MESSAGE` on stderr and exit with `code`. The message is printed as it is: a `[table]`
+    in it is text, not console markup."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
+    raise typer.Exit(code)
+
+
+def exit_if_nothing_succeeded(counts: Mapping[str, int], ok: tuple[str, ...] = ("ok",)) -> None:
+    """Exit 1 when a stage had items and every one failed (a job script must notice)."""
+    if sum(counts.values()) and not any(counts.get(word, 0) for word in ok):
+        raise typer.Exit(FAILED)

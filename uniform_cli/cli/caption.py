@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import USAGE, exit_if_nothing_succeeded, fail
+
 
 def main(
     manifest: Path = typer.Argument(..., help="Manifest CSV (or a folder of media files) the clips were made from."),
@@ -43,14 +45,11 @@ def main(
     Example: uniform caption manifests/vggsound.csv --model models/pllava-7b --batch-size 16
     Example: uniform caption manifests/landscape.csv --captioner labels --template "the sound of {label}"
     """
-    from rich.console import Console
-
     from uniform_cli.prep.caption import run_caption
     from uniform_cli.prep.captioners import OPEN_SORA_QUESTION, OPEN_SORA_SYSTEM, CaptionError
     from uniform_cli.prep.manifest import ManifestError, default_root
     from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard
 
-    console = Console(stderr=True)
     question = OPEN_SORA_QUESTION if prompt is None else prompt
     system_text = OPEN_SORA_SYSTEM if system is None else system
     try:
@@ -98,7 +97,7 @@ def main(
                 )
         else:
             raise CaptionError(f"--captioner must be pllava, labels or hf, not {captioner!r}")
-        run_caption(
+        report = run_caption(
             manifest,
             root or default_root(manifest),
             captioner,
@@ -109,9 +108,11 @@ def main(
             guard=FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures),
             redo_degenerate=redo_degenerate,
         )
-    except (CaptionError, ManifestError, TooManyFailures, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    except (CaptionError, TooManyFailures, OSError) as e:
+        fail(e)
+    except (ManifestError, ValueError) as e:
+        fail(e, USAGE)
+    exit_if_nothing_succeeded(report.counts)
 
 
 def _parse_pooling(text: str) -> tuple[int, int, int]:

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import FAILED, USAGE, exit_if_nothing_succeeded, fail
+
 
 def main(
     source: Path = typer.Argument(..., help="A manifest (VGGSound or toolkit CSV) or a folder of media files."),
@@ -58,9 +60,10 @@ def main(
         counts, skipped, unfetched, table = run_clip(
             items, root, options, workers=workers, guard=guard, table_suffix=part.suffix
         )
-    except (ManifestError, ValueError, TooManyFailures) as e:
-        typer.echo(f"uniform clip: {e}", err=True)
-        raise typer.Exit(1) from None
+    except (ManifestError, ValueError) as e:
+        fail(f"uniform clip: {e}", USAGE)
+    except (TooManyFailures, OSError) as e:
+        fail(f"uniform clip: {e}")
     print_summary("clip", counts, skipped, table, elapsed(), str(Path(root) / "clips"))
     if unfetched:
         typer.echo(
@@ -68,4 +71,5 @@ def main(
             f"run `uniform fetch {source}` first; they were left out."
         )
         if not counts and not skipped:
-            raise typer.Exit(1)
+            raise typer.Exit(FAILED)
+    exit_if_nothing_succeeded(counts)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import USAGE, fail
+
 
 def main(
     out: Path = typer.Option(
@@ -42,10 +44,8 @@ def main(
              "steps": steps, "sample_steps": sample_steps}
     settings = replace(settings, seed=seed, **{k: v for k, v in given.items() if v is not None})
     if min(settings.train_per_kind, settings.test_per_kind, settings.t2av_samples) < 1:
-        console.print("[red]error:[/red] --train-per-kind, --test-per-kind and --t2av-samples must be at least 1")
-        raise typer.Exit(2)
+        fail("--train-per-kind, --test-per-kind and --t2av-samples must be at least 1", USAGE)
     try:
         run_demo(out, recipe, settings, console)
     except (DemoError, ConfigError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        fail(e)

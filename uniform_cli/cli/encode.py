@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import USAGE, exit_if_nothing_succeeded, fail
+
 
 def main(
     manifest: Path = typer.Argument(..., help="Manifest CSV (or a folder of media files) the clips were made from."),
@@ -44,8 +46,6 @@ def main(
 
     Example: uniform encode manifests/vggsound.csv --video-vae models/OpenSora-VAE-v1.2 --batch-size 16
     """
-    from rich.console import Console
-
     from uniform_cli.config import CodecConfig, ConfigError, DataConfig, load_recipe
     from uniform_cli.latents.codecs import CodecError
     from uniform_cli.latents.encode import EncodeOptions, encode_dataset
@@ -53,7 +53,6 @@ def main(
     from uniform_cli.prep.manifest import ManifestError, default_root, read_items
     from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard
 
-    console = Console(stderr=True)
     try:
         codec, data = CodecConfig(), DataConfig()
         if recipe is not None:
@@ -77,7 +76,9 @@ def main(
             shard=parse_shard(shard),
             guard=FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures),
         )
-        encode_dataset(read_items(manifest), root or default_root(manifest), codec, data, options)
-    except (CodecError, ConfigError, ManifestError, ShardFormatError, TooManyFailures, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        summary = encode_dataset(read_items(manifest), root or default_root(manifest), codec, data, options)
+    except (CodecError, ShardFormatError, TooManyFailures, OSError) as e:
+        fail(e)
+    except (ConfigError, ManifestError, ValueError) as e:
+        fail(e, USAGE)
+    exit_if_nothing_succeeded(summary.counts)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import fail
+
 
 def main(
     generated_dir: Path = typer.Argument(..., help="Folder of generated {id}.mp4 / {id}.wav files."),
@@ -50,8 +52,7 @@ def main(
             progress=lambda items, description: track(items, description=description, console=console),
         )
     except (EvalError, WeightsError, MediaError, MetricError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        fail(e)
 
     out = generated_dir / "metrics.json"
     write_metrics(out, result)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import USAGE, exit_if_nothing_succeeded, fail
+
 
 def main(
     manifest: Path = typer.Argument(..., help="VGGSound CSV or the toolkit's headed CSV (id,url,start,end,label,split)."),
@@ -46,7 +48,9 @@ def main(
             items, root, options, workers=workers, rate_limit=rate_limit, guard=guard,
             table_suffix=part.suffix, retry_failed=retry_failed,
         )
-    except (ManifestError, FetchSetupError, ValueError, TooManyFailures) as e:
-        typer.echo(f"uniform fetch: {e}", err=True)
-        raise typer.Exit(1) from None
+    except (ManifestError, ValueError) as e:
+        fail(f"uniform fetch: {e}", USAGE)
+    except (FetchSetupError, TooManyFailures, OSError) as e:
+        fail(f"uniform fetch: {e}")
     print_summary("fetch", counts, skipped, table, elapsed(), str(Path(root) / "raw"))
+    exit_if_nothing_succeeded(counts, ok=("ok", "local"))

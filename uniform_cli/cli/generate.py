@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import USAGE, fail
+
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -61,21 +63,16 @@ def main(
     from uniform_cli.types import Task
 
     console = Console(stderr=True)
-
-    def fail(message: str, code: int = 2) -> None:
-        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-        raise typer.Exit(code)
-
     if cfg is not None and (cfg_video is not None or cfg_audio is not None):
-        fail("use either --cfg or --cfg-video/--cfg-audio, not both")
+        fail("use either --cfg or --cfg-video/--cfg-audio, not both", USAGE)
     if dtype is not None and dtype not in DTYPES:
-        fail(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}", USAGE)
     if batch_size is not None and batch_size < 1:
-        fail("--batch-size must be at least 1")
+        fail("--batch-size must be at least 1", USAGE)
     if steps is not None and steps < 2:
-        fail("--steps must be at least 2 (the first and the last timestep)")
+        fail("--steps must be at least 2 (the first and the last timestep)", USAGE)
     if sampler is not None and sampler not in ("ddpm", "ddim", "dpm++"):
-        fail(f"--sampler must be ddpm, ddim or dpm++, not {sampler!r}")
+        fail(f"--sampler must be ddpm, ddim or dpm++, not {sampler!r}", USAGE)
     try:
         default_task = Task.parse(task)
         part = parse_shard(shard)
@@ -85,7 +82,7 @@ def main(
         rows = read_prompts(prompts, default_task, spec)
         items = plan(rows, num_samples, recipe.generate.seed if seed is None else seed, source=prompts)
     except (PromptsError, PipelineError, ValueError) as e:
-        fail(str(e))
+        fail(str(e), USAGE)
     todo, skipped = select(items, part, out, skip_existing)
     options = RunOptions(
         sampler=sampler,
@@ -129,6 +126,7 @@ def main(
 
 
 def _summary(console, report, skipped: int, out: Path, pipe) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console.print(f"uniform generate: {len(report.generated) + len(report.failed)} clip(s) in {report.seconds:.1f} s")
@@ -142,7 +140,7 @@ def _summary(console, report, skipped: int, out: Path, pipe) -> None:
         table.add_row("failed", str(len(report.failed)))
     console.print(table)
     for name, error in list(report.failed.items())[:10]:
-        console.print(f"  [red]{name}[/red]: {error}", highlight=False)
+        console.print(f"  [red]{escape(name)}[/red]: {escape(str(error))}", highlight=False)
     if report.clip_seconds:
         mean = sum(report.clip_seconds) / len(report.clip_seconds)
         console.print(f"{mean:.2f} s per clip on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')})")

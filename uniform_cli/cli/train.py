@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.cli import USAGE, fail
+
 
 def main(
     recipe: Path = typer.Argument(..., help="Recipe TOML, e.g. recipes/multitask.toml."),
@@ -29,8 +31,7 @@ def main(
     try:
         cfg = load_recipe(recipe, set_)
     except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        fail(e, USAGE)
     if dry_run:
         import torch
 
@@ -47,11 +48,16 @@ def main(
         )
         return
 
+    import pickle
+
     from uniform_cli.latents.loader import ShardDataError
-    from uniform_cli.train.loop import TrainingError, train
+    from uniform_cli.latents.shards import ShardFormatError
+    from uniform_cli.train.loop import Stopped, TrainingError, train
 
     try:
         train(cfg, resume=resume)
-    except (ShardDataError, TrainingError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1)
+    except Stopped as e:
+        console.print(str(e), markup=False)
+        raise typer.Exit(128 + e.signal) from None
+    except (ShardDataError, ShardFormatError, TrainingError, FileNotFoundError, pickle.UnpicklingError, OSError) as e:
+        fail(e)

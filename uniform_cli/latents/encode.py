@@ -32,6 +32,8 @@ from uniform_cli.latents.shards import (
     discard_partial,
     read_stats,
     recover_stats,
+    set_aside_broken,
+    stable_id,
     shard_prefix,
     write_index,
 )
@@ -172,12 +174,6 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return dev, DTYPES[dtype]
 
 
-def _stable_id(id_or_path: str) -> str:
-    """A local checkpoint folder as an absolute path (the same folder gives the same id); hub ids unchanged."""
-    path = Path(id_or_path).expanduser()
-    return str(path.resolve()) if path.exists() else id_or_path
-
-
 def codec_info(codec: CodecConfig, video: Any, audio: Any, text: Any, dtype: torch.dtype) -> dict[str, Any]:
     """What goes into every sample's json and the stats: which codecs made the latents, and versions."""
     import diffusers
@@ -186,17 +182,17 @@ def codec_info(codec: CodecConfig, video: Any, audio: Any, text: Any, dtype: tor
     from uniform_cli import __version__
 
     return {
-        "video": {"codec": codec.video, "id": _stable_id(codec.video_vae), "class": type(video).__name__},
+        "video": {"codec": codec.video, "id": stable_id(codec.video_vae), "class": type(video).__name__},
         "audio": {
             "codec": codec.audio,
-            "id": _stable_id(codec.audio_vae),
+            "id": stable_id(codec.audio_vae),
             "class": type(audio).__name__,
             "scaling_factor": getattr(audio, "scaling_factor", None),
         },
         "text": None
         if text is None
         else {
-            "id": _stable_id(codec.text_encoder),
+            "id": stable_id(codec.text_encoder),
             "class": type(text.model).__name__,
             "max_length": text.max_length,
             "dim": text.dim,
@@ -327,6 +323,7 @@ def encode_dataset(
         raise ValueError(f"--batch-size must be positive, got {options.batch_size}")
 
     recover_stats(folder)
+    set_aside_broken(folder)
     stats = read_stats(folder)
     done = {k for s in stats for k in s.keys}
     table = StatusTable(root / f"encode{shard.suffix}.csv", STATUS_FIELDS)

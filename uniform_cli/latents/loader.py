@@ -42,7 +42,16 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from uniform_cli.latents.shards import INDEX_FILE, SHARDS_DIR, npy_array, read_index, shard_file
+from uniform_cli.config import CodecConfig
+from uniform_cli.latents.shards import (
+    INDEX_FILE,
+    SHARDS_DIR,
+    broken_shards,
+    npy_array,
+    read_index,
+    shard_file,
+    stable_id,
+)
 from uniform_cli.types import Latents
 
 
@@ -90,6 +99,29 @@ class ShardInfo:
             )
 
 
+    def check_codecs(self, codec: CodecConfig) -> None:
+        """Raise ShardDataError unless the shards were encoded with `codec` (a recipe's `[codec]`), the codecs that
+        `generate` will decode the trained model's latents with; the message names both sides."""
+        made = self.codecs
+        problems = []
+        for part, kind, source, pretrained in (
+            ("video", codec.video, codec.video_vae, "opensora"), ("audio", codec.audio, codec.audio_vae, "audioldm"),
+        ):
+            entry = made.get(part) or {}
+            if entry.get("codec") != kind or (kind == pretrained and entry.get("id") != stable_id(source)):
+                shards_side = f"{entry.get('codec')} ({entry.get('id')})"
+                problems.append(f"{part}: the shards hold {shards_side}, the recipe says {kind} ({source})")
+        text = made.get("text")
+        if text is not None and text.get("id") != stable_id(codec.text_encoder):
+            problems.append(f"text: the shards hold embeddings of {text.get('id')}, the recipe says {codec.text_encoder}")
+        if problems:
+            raise ShardDataError(
+                f"the recipe's [codec] differs from the codecs that encoded {', '.join(map(str, self.folders))}: "
+                + "; ".join(problems) + ". A model trained on them could not be decoded by the recipe's codecs: "
+                "set [codec] to what the shards hold, or encode the data again with the recipe's codecs"
+            )
+
+
 def _shards_folder(source: str | Path) -> Path:
     """A shard folder, a data root holding `shards/`, or an index.json path -> the shards folder."""
     path = Path(source)
@@ -114,6 +146,12 @@ def shard_info(sources: Sequence[str | Path] | str | Path) -> ShardInfo:
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         raise ShardDataError(f"shard folder(s) not found: {', '.join(missing)}; run `uniform encode` or fix data.shards")
+    broken = [why for f in folders for _, why in broken_shards(f)]
+    if broken:
+        raise ShardDataError(
+            "shard(s) changed after they were sealed: " + "; ".join(broken) + ". Run `uniform encode` on the "
+            "dataset again: it sets them aside and encodes their clips again"
+        )
     indexes = [read_index(f) for f in folders]
     empty = [str(f) for f, ix in zip(folders, indexes) if not ix["shards"]]
     if empty:
@@ -293,6 +331,8 @@ class LatentDataset(IterableDataset):
             raise ShardDataError(f"sample {key} in {sample.get('__url__')} lacks {missing}")
         video = npy_array(sample["video.npy"])
         audio = npy_array(sample["audio.npy"])
+        if video.dtype != np.float16 or audio.dtype != np.float16:
+            raise ShardDataError(f"sample {key}: latents of dtype {video.dtype} / {audio.dtype}; shards hold float16")
         if video.shape != self.info.video_shape or audio.shape != self.info.audio_shape:
             raise ShardDataError(
                 f"sample {key}: latents {video.shape} / {audio.shape}, index says {self.info.video_shape} / {self.info.audio_shape}"
@@ -300,8 +340,10 @@ class LatentDataset(IterableDataset):
         text = None
         if self.info.text_dim is not None:
             emb = npy_array(sample["text.npy"])
-            if emb.ndim != 2 or emb.shape[1] != self.info.text_dim:
-                raise ShardDataError(f"sample {key}: text embedding {emb.shape}, expected L x {self.info.text_dim}")
+            if emb.dtype != np.float16 or emb.ndim != 2 or emb.shape[1] != self.info.text_dim:
+                raise ShardDataError(
+                    f"sample {key}: text embedding {emb.dtype} {emb.shape}, expected float16 L x {self.info.text_dim}"
+                )
             text = torch.from_numpy(emb.astype(np.float32))
         return {
             "key": key,

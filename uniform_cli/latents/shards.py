@@ -5,7 +5,9 @@ Layout of `ROOT/shards/`:
                                  "{split}-{I:02d}" for process I of `--shard I/N`, so processes never
                                  write the same name
     {shard}.tar.stats.json       written after the shard is complete: sample count, keys, failures,
-                                 codecs and latent shapes
+                                 codecs, latent shapes and the shard's size in bytes
+    {shard}.tar.broken           a shard set aside by `encode` (cut after sealing, or unreadable without
+                                 stats); never read, kept for inspection; its clips are encoded again
     index.json                   every complete shard with its counts, the codecs and the shapes
 
 Per sample (WebDataset key = clip key, which never contains '.'):
@@ -43,6 +45,7 @@ SHARDS_DIR = "shards"
 INDEX_FILE = "index.json"
 STATS_SUFFIX = ".stats.json"
 TMP_SUFFIX = ".tmp"
+BROKEN_SUFFIX = ".broken"
 FORMAT_VERSION = 1
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+-\d{5,}\.tar$")
 """The only shard file names there are (what the writer makes): never a URL, a `pipe:` command or a path."""
@@ -120,6 +123,9 @@ class ShardStats:
     """The `--shard I/N` of the process that wrote it."""
     created: float = 0.0
     format: int = FORMAT_VERSION
+    size: int | None = None
+    """Bytes of the complete shard: a shard of another size was cut (or changed) after it was sealed.
+    None in stats written before the size was recorded."""
 
     @classmethod
     def load(cls, path: Path) -> "ShardStats":
@@ -133,10 +139,48 @@ class ShardStats:
                 f"{path}: names the shard {stats.file!r}, but a stats file may only describe its own shard "
                 f"{path.name[: -len(STATS_SUFFIX)]!r}; this file was not written by `uniform encode`: delete it"
             )
+        problem = stats._problem()
+        if problem:
+            raise ShardFormatError(f"{path}: {problem}; this file was not written by `uniform encode`: delete it and its shard")
         return stats
+
+    def _problem(self) -> str:
+        """What makes these stats impossible for a shard `uniform encode` wrote ('' when nothing)."""
+        if not isinstance(self.split, str) or not SAFE_KEY.match(self.split):
+            return f"split {self.split!r} is not a split name"
+        if not isinstance(self.keys, list) or not all(isinstance(k, str) and SAFE_KEY.match(k) for k in self.keys):
+            return "keys are not a list of clip keys"
+        if type(self.count) is not int or self.count != len(self.keys) or self.count < 1:
+            return f"count {self.count!r} does not match its {len(self.keys)} keys"
+        if self.size is not None and (type(self.size) is not int or self.size < 0):
+            return f"size {self.size!r} is not a byte count"
+        shapes = self.shapes if isinstance(self.shapes, dict) else {}
+        for part, rank in (("video", 4), ("audio", 3)):
+            dims = shapes.get(part)
+            if not (isinstance(dims, list) and len(dims) == rank and all(type(d) is int and d > 0 for d in dims)):
+                return f"{part} latent shape {dims!r} is not {rank} positive integers"
+        text_dim = shapes.get("text_dim")
+        if text_dim is not None and (type(text_dim) is not int or text_dim < 1):
+            return f"text_dim {text_dim!r} is not a positive integer"
+        if not isinstance(self.codecs, dict) or not isinstance(self.failed, dict):
+            return "codecs or failed is not a table"
+        return ""
+
+    def shard_problem(self, folder: Path) -> str:
+        """Why this stats' shard in `folder` cannot be read as complete ('' when it can): its size differs."""
+        size = (folder / self.file).stat().st_size
+        if self.size is not None and size != self.size:
+            return f"{folder / self.file} is {size:,} bytes but was sealed at {self.size:,} (cut or changed since)"
+        return ""
 
     def save(self, folder: Path) -> None:
         write_text_atomic(folder / (self.file + STATS_SUFFIX), json.dumps(asdict(self), indent=1))
+
+
+def stable_id(id_or_path: str) -> str:
+    """A local checkpoint folder as an absolute path (the same folder gives the same id); hub ids unchanged."""
+    path = Path(id_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else id_or_path
 
 
 def shard_file(folder: Path, name: Any) -> Path:
@@ -185,44 +229,76 @@ def recover_stats(folder: Path) -> list[ShardStats]:
     """Write stats for complete shards that lack them (a run killed between the rename and the stats).
 
     The shard is complete (it was renamed only after closing), so its keys and count are read from it;
-    its codecs and shapes come from the sample `json` of its first record.
+    its codecs and shapes come from the sample `json` of its first record. A shard that cannot be read
+    (not a tar, or cut) is set aside as `{shard}.broken`, so that its clips are encoded again.
     """
     recovered = []
     for tar in sorted(folder.glob("*.tar")):
-        if (folder / (tar.name + STATS_SUFFIX)).exists():
+        if (folder / (tar.name + STATS_SUFFIX)).exists() or not SHARD_NAME.match(tar.name):
             continue
         keys: list[str] = []
         meta: dict[str, Any] = {}
-        with tarfile.open(tar) as tf:
-            for member in tf:
-                key, _, ext = member.name.partition(".")
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-                if ext == "json" and not meta:
-                    meta = json.loads(tf.extractfile(member).read())
-        stats = ShardStats(
-            file=tar.name,
-            split=str(meta.get("split", "train")),
-            count=len(keys),
-            keys=keys,
-            codecs=meta.get("codecs", {}),
-            shapes=meta.get("shapes", {}),
-            writer="recovered",
-            created=time.time(),
-        )
+        try:
+            with tarfile.open(tar) as tf:
+                for member in tf:
+                    key, _, ext = member.name.partition(".")
+                    if not keys or keys[-1] != key:
+                        keys.append(key)
+                    if ext == "json" and not meta:
+                        meta = json.loads(tf.extractfile(member).read())
+            stats = ShardStats(
+                file=tar.name,
+                split=str(meta.get("split", "train")),
+                count=len(keys),
+                keys=keys,
+                codecs=meta.get("codecs", {}),
+                shapes=meta.get("shapes", {}),
+                writer="recovered",
+                created=time.time(),
+                size=tar.stat().st_size,
+            )
+            problem = stats._problem()
+        except (tarfile.TarError, OSError, ValueError, AttributeError) as err:
+            problem = f"{type(err).__name__}: {err}"
+        if problem:
+            set_aside(tar, f"unreadable and without stats ({problem})")
+            continue
         stats.save(folder)
         recovered.append(stats)
     return recovered
 
 
+def set_aside(tar: Path, why: str) -> Path:
+    """Rename a shard that cannot be trusted to `{shard}.broken` (kept for inspection, never read) and drop its
+    stats, so that the next `encode` encodes its clips again; warns with `why`."""
+    import warnings
+
+    broken = tar.with_name(tar.name + BROKEN_SUFFIX)
+    tar.replace(broken)
+    (tar.parent / (tar.name + STATS_SUFFIX)).unlink(missing_ok=True)
+    warnings.warn(f"{tar}: {why}; set aside as {broken.name}, its clips will be encoded again", stacklevel=2)
+    return broken
+
+
+def set_aside_broken(folder: Path) -> list[Path]:
+    """Set aside every shard whose size differs from its stats (see `ShardStats.shard_problem`)."""
+    return [set_aside(folder / s.file, why) for s, why in broken_shards(folder)]
+
+
+def _all_stats(folder: Path) -> list[ShardStats]:
+    """Stats of every shard in `folder` that is there (a stats file whose shard is gone is ignored)."""
+    stats = [ShardStats.load(path) for path in sorted(folder.glob(f"*.tar{STATS_SUFFIX}"))]
+    return [s for s in stats if (folder / s.file).is_file()]
+
+
 def read_stats(folder: Path) -> list[ShardStats]:
-    """Stats of every complete shard in `folder` (a stats file whose shard is gone is ignored)."""
-    stats = []
-    for path in sorted(folder.glob(f"*.tar{STATS_SUFFIX}")):
-        s = ShardStats.load(path)
-        if (folder / s.file).is_file():
-            stats.append(s)
-    return stats
+    """Stats of every complete shard in `folder`: its stats are valid and its size is the sealed one."""
+    return [s for s in _all_stats(folder) if not s.shard_problem(folder)]
+
+
+def broken_shards(folder: Path) -> list[tuple[ShardStats, str]]:
+    """Shards with stats whose file was cut or changed after sealing, with why."""
+    return [(s, why) for s in _all_stats(folder) if (why := s.shard_problem(folder))]
 
 
 def done_keys(folder: Path) -> set[str]:
@@ -384,6 +460,7 @@ class SplitShardWriter:
             shapes=shapes,
             writer=f"{self.shard.index}/{self.shard.count}",
             created=time.time(),
+            size=final.stat().st_size,
         )
         stats.save(self.folder)
         self.keys, self.failed = [], {}

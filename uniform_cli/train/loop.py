@@ -29,6 +29,16 @@ class TrainingError(RuntimeError):
     """Training cannot start or cannot go on; the message says why and what was saved."""
 
 
+class Stopped(Exception):
+    """Training was stopped by SIGTERM or SIGINT after saving a checkpoint at `step` (`uniform train` exits
+    with 128 + the signal number, so that a job script sees the run did not finish)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by signal {signum} at step {step}; saved {checkpoint}; resume with --resume latest")
+        self.signal = signum
+        self.step = step
+
+
 def sample_tasks(cfg: DataConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
     """Task ids `B`: one task for the whole batch ("iteration", as the paper) or one per sample."""
     weights = torch.tensor([cfg.task_weights.get(TASK_NAMES[t], 0.0) for t in Task], dtype=torch.float64)
@@ -120,14 +130,15 @@ def initial_weights(model: torch.nn.Module, spec: str) -> str:
 
 
 def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = None) -> Path:
-    """Train per `recipe`; returns the run folder. `stop_after` ends this process early (tests, time limits)."""
+    """Train per `recipe`; returns the run folder. `stop_after` ends this process early (tests, time limits).
+    Raises Stopped after saving when SIGTERM or SIGINT arrives."""
     from rich.console import Console
 
     from uniform_cli.diffusion.losses import hybrid_loss, noised_input
     from uniform_cli.diffusion.schedule import make_schedule
     from uniform_cli.latents.loader import make_loader, shard_info
     from uniform_cli.model.uniform import build_model, num_tokens
-    from uniform_cli.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+    from uniform_cli.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, step_tag
     from uniform_cli.train.ema import make_ema, update_ema
     from uniform_cli.train.engine import build_engine, init_distributed
 
@@ -136,6 +147,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     # Everything that can be checked without work is checked first.
     info = shard_info(data.shards)
     info.check_shapes(recipe.model.video_latent, recipe.model.audio_latent)
+    info.check_codecs(recipe.codec)
     if info.text_dim is not None and info.text_dim != recipe.model.text_dim:
         raise TrainingError(
             f"the shards hold text embeddings of width {info.text_dim} but model.text_dim is {recipe.model.text_dim}"
@@ -247,9 +259,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
                 save_checkpoint(engine, ema, ckpt_dir, step, state, recipe_toml, rank, cfg.keep_last)
                 last = step
             if stopping:
-                if rank == 0:
-                    console.print(f"stopped by signal at step {step}; resume with --resume latest")
-                break
+                raise Stopped(stop.signal or signal.SIGTERM, step, ckpt_dir / step_tag(step))
     finally:
         stop.restore()
         if progress is not None:
