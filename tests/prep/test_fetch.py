@@ -245,8 +245,18 @@ def test_backoff_grows_with_jitter_and_is_capped():
     assert 0.5 <= delays[0] <= 1.0 and 4.0 <= delays[3] <= 8.0 and all(d <= 10.0 for d in delays)
 
 
-def test_missing_ffmpeg_says_how_to_install(monkeypatch, tmp_path):
+def test_ffmpeg_comes_from_path_else_from_imageio_ffmpeg_else_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    import imageio_ffmpeg
+
     monkeypatch.setenv("PATH", str(tmp_path))
+    assert F.require_ffmpeg() == imageio_ffmpeg.get_ffmpeg_exe()
+    (tmp_path / "ffmpeg").write_text("#!/bin/sh\n")
+    (tmp_path / "ffmpeg").chmod(0o755)
+    assert F.require_ffmpeg() == str(tmp_path / "ffmpeg")
+    (tmp_path / "ffmpeg").unlink()
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # not installed
     with pytest.raises(F.FetchSetupError, match="apt install ffmpeg"):
         F.require_ffmpeg()
 

@@ -40,7 +40,8 @@ RETRYABLE = {"rate_limited", "server_error", "network_error", "incomplete", "bot
 DONE = {OK, LOCAL}
 
 FFMPEG_HELP = (
-    "fetch needs the ffmpeg program (yt-dlp uses it to download a time range). Install it with "
+    "fetch needs the ffmpeg program (yt-dlp uses it to download a time range), and found neither one on PATH "
+    "nor the imageio-ffmpeg package's. Install it with "
     "`sudo apt install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS) or "
     "`conda install -c conda-forge ffmpeg`, or put a static build from https://ffmpeg.org/download.html on PATH."
 )
@@ -51,11 +52,17 @@ class FetchSetupError(RuntimeError):
 
 
 def require_ffmpeg() -> str:
-    """The ffmpeg executable's path, or FetchSetupError saying how to install it."""
+    """The ffmpeg executable's path: the one on PATH, else the binary the imageio-ffmpeg package ships;
+    FetchSetupError saying how to install one when there is neither."""
     exe = shutil.which("ffmpeg")
-    if not exe:
-        raise FetchSetupError(FFMPEG_HELP)
-    return exe
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        raise FetchSetupError(FFMPEG_HELP) from None
 
 
 @dataclass(frozen=True)
@@ -282,12 +289,17 @@ def raw_path(root: str | Path, key: str) -> Path:
 def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, float, str]:
     """One yt-dlp attempt; returns (output path, offset of its t = 0 in the source, format id)."""
     import yt_dlp
+    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
     from yt_dlp.utils import download_range_func
 
     if not item.is_remote:
         raise StageError("bad_url", f"{item.url!r} is not an http(s) URL; only those are downloaded")
     out = raw_path(options.root, item.key)
     lo, hi = section(item, options.seconds, options.margin)
+    ffmpeg = require_ffmpeg()
+    # yt-dlp asks "is ffmpeg there?" of this context variable, not of its params (yt-dlp's own CLI sets it too);
+    # set per call, since each worker thread has its own context
+    FFmpegPostProcessor._ffmpeg_location.set(ffmpeg)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{item.key}.", dir=out.parent) as tmp:
         params = {
@@ -296,6 +308,7 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
             "outtmpl": {"default": str(Path(tmp) / "media.%(ext)s")},
             "merge_output_format": "mp4",
             "postprocessors": [{"key": "FFmpegVideoRemuxer", "preferedformat": "mp4"}],
+            "ffmpeg_location": ffmpeg,
             "noplaylist": True,
             "playlist_items": "1",  # one row, one video: a page with many <video> tags is a "playlist"
             "overwrites": True,
