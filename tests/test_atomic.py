@@ -31,7 +31,7 @@ def test_appends_refuse_a_link_planted_at_their_path(tmp_path, write):
         if write == "table":
             StatusTable(link, ["path"]).record(ItemResult("a", "ok"))
         elif write == "results":
-            append_line(link, {"id": "a"})
+            append_line(link, '{"id": "a"}')
         else:
             open_append(link)
     assert target.read_text() == "line one\nline two without a break"

@@ -77,10 +77,19 @@ def test_mixed_tasks_end_to_end_then_resume(tmp_path, checkpoint, media):
     assert by_id["dog"]["seed"] == 11 and by_id["drums"]["text"] == "a man plays guitar, and sings"
 
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = invoke(prompts, "--checkpoint", latest, "--out", out, "--skip-existing", "--device", "cpu")
+    same = ["--checkpoint", latest, "--out", out, "--skip-existing", "--device", "cpu", "--batch-size", "3",
+            "--steps", "2", "--cfg-video", "2.5", "--cfg-audio", "1.5"]
+    again = invoke(prompts, *same)
     assert again.exit_code == 0, again.output
     assert "nothing to generate" in again.output
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    # Other settings: --skip-existing says so and generates again; each output keeps one results line.
+    changed = invoke(prompts, *same[:-6], "--steps", "3", "--cfg-video", "2.5", "--cfg-audio", "1.5")
+    assert changed.exit_code == 0, changed.output
+    assert "dog exists with other settings (steps 2 -> 3)" in " ".join(changed.output.split())
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == ["dog", "drums", "scene"] and {line["steps"] for line in lines} == {3}
 
 
 def test_bad_csv_lists_every_problem_and_writes_nothing(tmp_path, checkpoint, media):
@@ -118,3 +127,23 @@ def test_missing_column_and_conflicting_flags(tmp_path, checkpoint):
     result = invoke(ok, "--checkpoint", checkpoint, "--cfg", "2", "--cfg-audio", "3")
     assert result.exit_code == 2 and "either --cfg" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_results_hold_one_line_per_output_and_shard_files_merge(tmp_path):
+    from uniform_cli.generate.runner import ResultsFile, merge_results, read_results
+
+    first = ResultsFile(tmp_path / "results.jsonl")
+    first.write({"id": "a", "steps": 2, "time": 1.0})
+    first.write({"id": "b", "steps": 2, "time": 2.0})
+    ResultsFile(tmp_path / "results.jsonl").write({"id": "a", "steps": 3, "time": 3.0})  # a rerun replaces
+    lines = [json.loads(t) for t in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["steps"]) for r in lines] == [("a", 3), ("b", 2)]
+    # Another process (a sharded run) wrote a newer b and a new c in its own file.
+    shard = ResultsFile(tmp_path / "results.shard-1-of-2.jsonl")
+    shard.write({"id": "b", "steps": 5, "time": 4.0})
+    shard.write({"id": "c", "steps": 5, "time": 5.0})
+    assert {k: r["steps"] for k, r in read_results(tmp_path).items()} == {"a": 3, "b": 5, "c": 5}
+    merge_results(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+    lines = [json.loads(t) for t in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["id"], r["steps"]) for r in lines) == [("a", 3), ("b", 5), ("c", 5)]

@@ -122,6 +122,18 @@ def test_cli_on_a_folder(folder, tmp_path):
     assert "too_short" in result.output and "clips.csv" in result.output
     assert (tmp_path / "clips" / "good.mp4").is_file()
     result = CliRunner().invoke(app, ["clip", str(folder / "nowhere.csv")])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(app, ["clip", str(folder), "--root", str(tmp_path / "other"), "--crf", "52"])
-    assert result.exit_code == 1 and "--crf must lie in 0..51" in result.output
+    assert result.exit_code == 2 and "--crf must lie in 0..51" in result.output
+
+
+def test_a_run_whose_every_item_failed_exits_1_and_a_rerun_of_done_items_exits_0(folder, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(2):
+        (bad / f"junk{i}.mp4").write_bytes(b"junk" * 100)
+    result = CliRunner().invoke(app, ["clip", str(bad), "--root", str(tmp_path / "out"), "--workers", "1"])
+    assert result.exit_code == 1 and "decode_error" in result.output
+    good = ["clip", str(folder), "--root", str(tmp_path / "good"), "--workers", "1"]
+    assert CliRunner().invoke(app, good).exit_code == 0
+    assert CliRunner().invoke(app, good).exit_code == 0  # everything done before: nothing failed

@@ -53,6 +53,8 @@ def test_resumed_run_repeats_the_uninterrupted_one_exactly(tmp_path, shards):
     train(halves, stop_after=3)
     ckpt = tmp_path / "halves" / "checkpoints"
     assert os.readlink(ckpt / "latest") == "step_000003"
+    with open(tmp_path / "halves" / "metrics.jsonl", "a") as f:  # logged by a run killed before its checkpoint
+        f.write(json.dumps({"step": 4, "loss": -1.0}) + "\n" + '{"step": 5, "lo')
     train(halves, resume="latest")
     assert len(losses(whole)) == 6
     assert losses(tmp_path / "halves") == losses(whole)

@@ -23,7 +23,7 @@ def fail(message: object, code: int = FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def exit_if_nothing_succeeded(counts: Mapping[str, int], ok: tuple[str, ...] = ("ok",)) -> None:
-    """Exit 1 when a stage had items and every one failed (a job script must notice)."""
-    if sum(counts.values()) and not any(counts.get(word, 0) for word in ok):
+def exit_if_nothing_succeeded(counts: Mapping[str, int], skipped: int, ok: tuple[str, ...] = ("ok",)) -> None:
+    """Exit 1 when a stage had items and every one failed, none done now or before (a job script must notice)."""
+    if sum(counts.values()) and not skipped and not any(counts.get(word, 0) for word in ok):
         raise typer.Exit(FAILED)

@@ -112,7 +112,7 @@ def main(
         fail(e)
     except (ManifestError, ValueError) as e:
         fail(e, USAGE)
-    exit_if_nothing_succeeded(report.counts)
+    exit_if_nothing_succeeded(report.counts, report.skipped)
 
 
 def _parse_pooling(text: str) -> tuple[int, int, int]:

@@ -72,4 +72,4 @@ def main(
         )
         if not counts and not skipped:
             raise typer.Exit(FAILED)
-    exit_if_nothing_succeeded(counts)
+    exit_if_nothing_succeeded(counts, skipped)

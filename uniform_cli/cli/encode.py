@@ -81,4 +81,4 @@ def main(
         fail(e)
     except (ConfigError, ManifestError, ValueError) as e:
         fail(e, USAGE)
-    exit_if_nothing_succeeded(summary.counts)
+    exit_if_nothing_succeeded(summary.counts, summary.skipped)

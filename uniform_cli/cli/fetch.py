@@ -53,4 +53,4 @@ def main(
     except (FetchSetupError, TooManyFailures, OSError) as e:
         fail(f"uniform fetch: {e}")
     print_summary("fetch", counts, skipped, table, elapsed(), str(Path(root) / "raw"))
-    exit_if_nothing_succeeded(counts, ok=("ok", "local"))
+    exit_if_nothing_succeeded(counts, skipped, ok=("ok", "local"))

@@ -56,7 +56,15 @@ def main(
         resolve_checkpoint,
         with_codec_overrides,
     )
-    from uniform_cli.generate.runner import PromptsError, RunOptions, plan, read_prompts, run_items, select
+    from uniform_cli.generate.runner import (
+        PromptsError,
+        RunOptions,
+        merge_results,
+        plan,
+        read_prompts,
+        run_items,
+        select,
+    )
     from uniform_cli.latents.codecs import CodecError
     from uniform_cli.model.checkpoint import CheckpointError
     from uniform_cli.stage import parse_shard
@@ -83,7 +91,6 @@ def main(
         items = plan(rows, num_samples, recipe.generate.seed if seed is None else seed, source=prompts)
     except (PromptsError, PipelineError, ValueError) as e:
         fail(str(e), USAGE)
-    todo, skipped = select(items, part, out, skip_existing)
     options = RunOptions(
         sampler=sampler,
         steps=steps,
@@ -91,8 +98,16 @@ def main(
         cfg_audio=cfg if cfg is not None else cfg_audio,
         batch_size=batch_size or recipe.generate.batch_size,
     )
+    chosen = select(items, part, out, skip_existing, options, recipe.generate)
+    todo, skipped = chosen.todo, chosen.skipped
+    for name, what in list(chosen.changed.items())[:10]:
+        console.print(f"{name} exists with other settings ({what}): generating it again", markup=False)
+    if len(chosen.changed) > 10:
+        console.print(f"... and {len(chosen.changed) - 10} more outputs with other settings")
     shard_note = f" (shard {part.index}/{part.count})" if part.count > 1 else ""
     if not todo:
+        if part.count == 1 and Path(out).is_dir():
+            merge_results(Path(out))
         console.print(f"nothing to generate{shard_note}: {skipped} output(s) already in {out}")
         return
 
@@ -120,6 +135,8 @@ def main(
         except PipelineError as e:
             fail(str(e), 1)
 
+    if part.count == 1:
+        merge_results(Path(out))
     _summary(console, report, skipped, out, pipe)
     if report.failed:
         raise typer.Exit(1)

@@ -9,8 +9,11 @@
 paths relative to the CSV's folder, in any container, codec, fps or sample rate: they are prepared like
 `uniform clip` does). Every row is checked before any work and all problems are reported together.
 
-Each output is written atomically, then one JSON line is appended to `results.jsonl` (`results.shard-I-of-N.jsonl`
-when sharded); an output counts as done when its mp4, wav and results line all exist.
+Each output is written atomically, then its JSON line goes to `results.jsonl` (`results.shard-I-of-N.jsonl` when
+sharded), one line per output: generating an output again replaces its line. An output counts as done when its
+mp4, wav and results line all exist (and, with --skip-existing, its settings are the ones asked for). An unsharded
+run ends by merging every results file into `results.jsonl`; after sharded runs, an unsharded rerun with
+--skip-existing generates nothing and does the merge.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from uniform_cli.atomic import open_append
+from uniform_cli.atomic import complete_prefix, open_append, write_text_atomic
 from uniform_cli.media.io import URL_SCHEME
 from uniform_cli.media.prepare import ClipSpec
 from uniform_cli.stage import Shard
@@ -211,32 +214,90 @@ def plan(rows: list[PromptRow], num_samples: int = 1, base_seed: int = 0,
 # ------------------------------------------------------------------------------------------------ results
 
 
+RESULTS = "results.jsonl"
+SETTINGS = ("text", "task", "video", "audio", "seed", "sampler", "steps", "cfg_video", "cfg_audio")
+"""The fields of a results line that make an output what it is (`--skip-existing` compares them)."""
+
+
 def results_path(out_dir: Path, shard: Shard) -> Path:
     return out_dir / f"results{shard.suffix}.jsonl"
 
 
-def read_done(out_dir: Path) -> set[str]:
-    """Names with a results line in any results file of `out_dir` (a partial last line is ignored)."""
-    done = set()
-    for path in sorted(out_dir.glob("results*.jsonl")):
+def read_results(out_dir: Path) -> dict[str, dict]:
+    """One results line per output name over every results file of `out_dir` (the newest line of a name wins:
+    a rerun or another process replaced it); partial or broken lines are ignored."""
+    best: dict[str, dict] = {}
+    for path in sorted(Path(out_dir).glob("results*.jsonl")):
         for text in path.read_text(encoding="utf-8").splitlines():
             try:
-                done.add(json.loads(text)["id"])
+                record = json.loads(text)
+                name, when = record["id"], float(record.get("time", 0))
             except (ValueError, KeyError, TypeError):
                 continue
-    return done
+            if name not in best or when >= float(best[name].get("time", 0)):
+                best[name] = record
+    return best
 
 
-def is_done(out_dir: Path, name: str, done: set[str]) -> bool:
-    return name in done and (out_dir / f"{name}.mp4").is_file() and (out_dir / f"{name}.wav").is_file()
+class ResultsFile:
+    """This process's results file: one line per output name. A name written again (a rerun with new
+    settings) replaces its line, by an atomic rewrite of the file; a new name is appended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: dict[str, str] = {}
+        if path.is_file():
+            data = path.read_bytes()
+            for text in data[: complete_prefix(data)].decode("utf-8", errors="replace").splitlines():
+                try:
+                    self.lines[json.loads(text)["id"]] = text
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def write(self, record: dict) -> None:
+        text = json.dumps(record, ensure_ascii=False)
+        if record["id"] in self.lines:
+            self.lines[record["id"]] = text
+            write_text_atomic(self.path, "".join(line + "\n" for line in self.lines.values()))
+            return
+        self.lines[record["id"]] = text
+        append_line(self.path, text)
 
 
-def append_line(path: Path, record: dict) -> None:
-    """Append one JSON line (never through a link at `path`; a partial line left by a kill is cut first)."""
+def merge_results(out_dir: Path) -> Path:
+    """Merge every results file of `out_dir` (those of sharded runs too) into one `results.jsonl` with one line
+    per output, and delete the shard files it took in. An unsharded `uniform generate` does this at its end."""
+    path = Path(out_dir) / RESULTS
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_results(out_dir).values())
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        write_text_atomic(path, text)
+    for other in Path(out_dir).glob("results.shard-*.jsonl"):
+        other.unlink()
+    return path
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append one line, flushed to disk (never through a link at `path`; a partial line left by a kill is cut)."""
     with open_append(path) as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def settings_of(item: "WorkItem", options: "RunOptions", defaults) -> dict:
+    """The SETTINGS an item's output gets with these options and the checkpoint's `[generate]` defaults."""
+    row = item.row
+    return {
+        "text": row.text,
+        "task": row.task.name.lower(),
+        "video": str(row.video) if row.task == Task.V2A else None,
+        "audio": str(row.audio) if row.task == Task.A2V else None,
+        "seed": item.seed,
+        "sampler": options.sampler or defaults.sampler,
+        "steps": options.steps or defaults.steps,
+        "cfg_video": defaults.cfg_video if options.cfg_video is None else options.cfg_video,
+        "cfg_audio": defaults.cfg_audio if options.cfg_audio is None else options.cfg_audio,
+    }
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -293,7 +354,7 @@ def run_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOption
     out_dir = Path(out_dir)
     report = RunReport()
     start = time.perf_counter()
-    results = results_path(out_dir, shard)
+    results = ResultsFile(results_path(out_dir, shard))
     spec = pipeline.spec
     for batch in batches(items, options.batch_size):
         ready, videos, audios = [], [], []
@@ -330,7 +391,7 @@ def run_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOption
                 timings = {k: round(v, 4) for k, v in share.items()}
                 timings["write"] = round(write, 4)
                 timings["total"] = round(share["total"] + write, 4)
-                append_line(results, _record(pipeline, item, options, timings, len(ready), peak, peak_kind))
+                results.write(_record(pipeline, item, options, timings, len(ready), peak, peak_kind))
                 report.generated.append(item.name)
                 report.clip_seconds.append(timings["total"])
         if on_batch:
@@ -341,22 +402,12 @@ def run_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOption
 
 def _record(pipeline, item: WorkItem, options: RunOptions, timings: dict, batch_size: int, peak: int,
             peak_kind: str) -> dict:
-    d = pipeline.defaults
     spec = pipeline.spec
-    row = item.row
     return {
         "id": item.name,
-        "row_id": row.id,
+        "row_id": item.row.id,
         "sample": item.sample,
-        "task": row.task.name.lower(),
-        "text": row.text,
-        "video": str(row.video) if row.task == Task.V2A else None,
-        "audio": str(row.audio) if row.task == Task.A2V else None,
-        "seed": item.seed,
-        "sampler": options.sampler or d.sampler,
-        "steps": options.steps or d.steps,
-        "cfg_video": d.cfg_video if options.cfg_video is None else options.cfg_video,
-        "cfg_audio": d.cfg_audio if options.cfg_audio is None else options.cfg_audio,
+        **settings_of(item, options, pipeline.defaults),
         "checkpoint": str(pipeline.checkpoint) if pipeline.checkpoint else None,
         "mp4": f"{item.name}.mp4",
         "wav": f"{item.name}.wav",
@@ -371,14 +422,40 @@ def _record(pipeline, item: WorkItem, options: RunOptions, timings: dict, batch_
         "peak_memory_kind": peak_kind,
         "device": str(pipeline.device),
         "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "time": round(time.time(), 3),
     }
 
 
-def select(items: Iterable[WorkItem], shard: Shard, out_dir: Path, skip_existing: bool) -> tuple[list[WorkItem], int]:
-    """This shard's items, minus those already done when `skip_existing`; returns (todo, skipped)."""
+@dataclass
+class Selection:
+    """What a run has to do: its items, those skipped as done, and those done before with other settings."""
+
+    todo: list[WorkItem]
+    skipped: int
+    changed: dict[str, str] = field(default_factory=dict)
+    """Output name -> what differs ("steps 25 -> 50"); these are generated again."""
+
+
+def select(items: Iterable[WorkItem], shard: Shard, out_dir: Path, skip_existing: bool,
+           options: RunOptions | None = None, defaults=None) -> Selection:
+    """This shard's items, minus those already done when `skip_existing`. An output that exists but whose
+    results line has other SETTINGS than these `options` and `defaults` would give is generated again and
+    listed in `changed`."""
     mine = [item for item in items if shard.owns(item.name)]
-    if not skip_existing or not Path(out_dir).is_dir():
-        return mine, 0
-    done = read_done(Path(out_dir))
-    todo = [item for item in mine if not is_done(Path(out_dir), item.name, done)]
-    return todo, len(mine) - len(todo)
+    out_dir = Path(out_dir)
+    if not skip_existing or not out_dir.is_dir():
+        return Selection(mine, 0)
+    results = read_results(out_dir)
+    todo, changed = [], {}
+    for item in mine:
+        record = results.get(item.name)
+        if record is None or not (out_dir / f"{item.name}.mp4").is_file() or not (out_dir / f"{item.name}.wav").is_file():
+            todo.append(item)
+            continue
+        if options is not None and defaults is not None:
+            want = settings_of(item, options, defaults)
+            diff = [f"{k} {record.get(k)!r} -> {v!r}" for k, v in want.items() if record.get(k) != v]
+            if diff:
+                changed[item.name] = ", ".join(diff)
+                todo.append(item)
+    return Selection(todo, len(mine) - len(todo), changed)

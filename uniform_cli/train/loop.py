@@ -201,6 +201,8 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     batches = loader.from_step(batches_seen)  # the stream an uninterrupted run would be at
     tokens = num_tokens(recipe.model)
     metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:
+        keep_metrics_until(metrics_path, step)  # steps after the checkpoint are done again: logged once
     writer = _tensorboard(run_dir) if rank == 0 else None
     stop = _StopFlag()
     last = step
@@ -269,6 +271,21 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     if rank == 0:
         console.print(f"done: step {step}, last checkpoint {ckpt_dir / 'latest'} (step {last}); metrics in {metrics_path}")
     return run_dir
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` (those a killed run logged after its last checkpoint, which the
+    resumed run does again), so that metrics.jsonl holds each step once."""
+    if not path.is_file():
+        return
+    keep = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(text)["step"] <= step:
+                keep.append(text + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a partial last line
+    write_text_atomic(path, "".join(keep))
 
 
 def _local_grad_norm(model: torch.nn.Module) -> float | None:
