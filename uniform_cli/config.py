@@ -289,6 +289,11 @@ def _build(cls: type, table: dict[str, Any], where: str, base: Any = None) -> An
     return cls(**values)
 
 
+def model_config_from_dict(data: dict[str, Any], where: str) -> ModelConfig:
+    """A ModelConfig from a table of its fields (a checkpoint's config.json), each type-checked."""
+    return _build(ModelConfig, data, where)
+
+
 def _model_from_table(table: dict[str, Any], where: str) -> ModelConfig:
     from uniform_cli.model.presets import PRESETS  # the one dict of named presets
 

@@ -101,6 +101,39 @@ def test_load_pretrained_wrong_layout_lists_keys(tmp_path):
         load_pretrained(tmp_path)
 
 
+def test_a_config_is_checked_against_the_weights_before_a_model_is_built(tmp_path):
+    save_pretrained(random_model(debug_config(depth=1)), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "depth": 100_000}))
+    with pytest.raises(CheckpointError, match=r"missing keys: spatial_blocks\.1\."):  # at once, not after minutes
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+    with pytest.raises(CheckpointError, match=r"does not hold the weights .* describes: .*\[64, 128\]|\[128"):
+        load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("spoil", ["truncated weights", "config not json", "config of wrong types", "nan weights",
+                                   "integer weights"])
+def test_broken_checkpoints_are_clear_errors_naming_the_file(tmp_path, spoil):
+    model = random_model(debug_config(depth=1))
+    save_pretrained(model, tmp_path)
+    weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    if spoil == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif spoil == "config not json":
+        config.write_text(config.read_text()[:20])
+    elif spoil == "config of wrong types":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "depth": "two"}))
+    else:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        key = "final_layer.linear.weight"
+        state[key] = state[key].fill_(float("nan")) if spoil == "nan weights" else state[key].to(torch.int32)
+        save_file(state, str(weights))
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
 # -- PixArt, original layout --------------------------------------------------------------------------------
 
 

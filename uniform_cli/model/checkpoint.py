@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from uniform_cli.atomic import atomic_path, write_text_atomic
-from uniform_cli.config import ModelConfig
+from uniform_cli.config import ConfigError, ModelConfig, model_config_from_dict
 from uniform_cli.model.layers import timestep_embedding
 from uniform_cli.model.uniform import UniForm
 
@@ -71,7 +71,10 @@ def config_from_dict(data: dict, source: str = CONFIG_NAME) -> ModelConfig:
     unknown = sorted(set(data) - names)
     if unknown:
         raise CheckpointError(f"{source}: unknown model settings {unknown}; this is not a UniForm config.json")
-    return ModelConfig(**data)
+    try:
+        return model_config_from_dict(data, source)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def save_pretrained(model: UniForm, folder: str | Path) -> Path:
@@ -89,7 +92,10 @@ def save_pretrained(model: UniForm, folder: str | Path) -> Path:
 
 
 def load_pretrained(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> UniForm:
-    """The UniForm saved by `save_pretrained` in `folder`, with its weights exactly as stored."""
+    """The UniForm saved by `save_pretrained` in `folder`, with its weights exactly as stored. The config is
+    checked against the weights' names and shapes (from the file's header) before any model is built; a
+    truncated file, a config of the wrong kind and non-finite weights are CheckpointErrors naming the file."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -97,13 +103,45 @@ def load_pretrained(folder: str | Path, device: str | torch.device = "cpu", dtyp
     for path in (config_path, weights_path):
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; a UniForm checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    cfg = config_from_dict(json.loads(config_path.read_text()), str(config_path))
-    state = load_file(str(weights_path), device=str(device))
+    try:
+        cfg = config_from_dict(json.loads(config_path.read_text()), str(config_path))
+    except (ValueError, TypeError) as err:  # not JSON, or settings of the wrong kind
+        raise CheckpointError(f"{config_path}: not a usable UniForm config ({err})") from None
+    expected = expected_shapes(cfg)
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:  # the header only: no weights read yet
+            present = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        _check_keys(set(expected), set(present), str(weights_path))
+        wrong = [f"{k} {list(present[k])} (config: {list(v)})" for k, v in expected.items() if present[k] != v]
+        if wrong:
+            raise CheckpointError(f"{weights_path} does not hold the weights {config_path} describes: " + "; ".join(wrong[:5]))
+        state = load_file(str(weights_path), device=str(device))
+    except SafetensorError as err:
+        raise CheckpointError(f"{weights_path}: not a complete safetensors file ({err})") from None
+    bad = [k for k, v in state.items() if not v.is_floating_point() or not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{weights_path}: weights that are not finite floats: {', '.join(bad[:5])}")
     with torch.device("meta"):
         model = UniForm(cfg)
-    _check_keys(set(model.state_dict()), set(state), str(weights_path))
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype) if dtype is not None else model
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight's name and shape for `cfg`, from a one-block model on the meta device (blocks repeat), so that
+    a checkpoint's config is checked against its weights before a model of its size is built."""
+    with torch.device("meta"):
+        one = UniForm(dataclasses.replace(cfg, depth=1))
+    stacks = {name for name, child in one.named_children() if isinstance(child, torch.nn.ModuleList)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, value in one.state_dict().items():
+        head, _, rest = key.partition(".")
+        if head in stacks:
+            tail = rest.partition(".")[2]
+            shapes.update({f"{head}.{i}.{tail}": tuple(value.shape) for i in range(cfg.depth)})
+        else:
+            shapes[key] = tuple(value.shape)
+    return shapes
 
 
 from_pretrained = load_pretrained
