@@ -111,10 +111,11 @@ def test_bad_csv_lists_every_problem_and_writes_nothing(tmp_path, checkpoint, me
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "8 problem(s)" in text
-    for needle in ("line 3: duplicate id 'ok'", "line 4: unknown task 't2x'", "line 5: task v2a needs a video",
-                   "line 6: audio file", "missing.wav does not exist", "line 7: seed 'seven'",
-                   "line 8: id '../evil' is not safe", "line 9:", "has no video stream",
-                   "line 10: audio 'data:audio/wav' is a URL"):
+    for needle in ("line 3 (id 'ok'): duplicate id 'ok'", "line 4 (id 'x1'): unknown task 't2x'",
+                   "line 5 (id 'x2'): task v2a needs a video", "line 6 (id 'x3'): audio file",
+                   "missing.wav does not exist", "line 7 (id 'x4'): seed 'seven'",
+                   "line 8 (id '../evil'): id '../evil' is not safe", "line 9 (id 'x5'):", "has no video stream",
+                   "line 10 (id 'x6'): audio 'data:audio/wav' is a URL"):
         assert needle in text, needle
     assert not out.exists()
 

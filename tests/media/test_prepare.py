@@ -175,3 +175,47 @@ def test_other_clip_specs(corpus):
     assert clip.video.shape == (16, 32, 32, 3) and clip.audio.shape == (16000,)
     flash, click = flash_and_click(clip.video, clip.audio, spec)
     assert abs(flash - 1.0) <= 1 / 8 and abs(flash - click) <= 1 / 8
+
+
+def test_frames_are_converted_as_they_are_decoded_and_never_kept(tmp_path):
+    """Memory follows the clip, not the source (benchmarks/prepare_memory.py: 8000 x 8000 source, 6.8 -> 0.7 GB)."""
+    import av
+
+    from uniform_cli.media.prepare import _pick_frames
+
+    source = make_media(tmp_path / "s.mp4", seconds=2.0, fps=24, audio=False)
+    targets = np.arange(34) / 17
+    converted = []
+
+    def convert(frame):
+        assert isinstance(frame, av.VideoFrame)
+        converted.append(frame.pts)
+        return np.full((2, 2, 3), len(converted), np.uint8)
+
+    class Deadline:
+        def check(self):
+            pass
+
+    with av.open(str(source)) as container:
+        chosen, _, _ = _pick_frames(container, container.streams.video[0], None, targets, Deadline(), convert)
+    assert all(isinstance(image, np.ndarray) for image in chosen)  # images, not decoded frames
+    assert len(converted) == len(set(converted)) <= len(targets)  # each kept frame converted once
+
+
+def test_nan_audio_is_a_bad_audio_record_not_an_encoder_abort(tmp_path):
+    import av
+
+    path = tmp_path / "nan.wav"
+    wave = np.sin(np.arange(16000 * 5, dtype=np.float32) / 10)
+    wave[1000:1010] = np.nan
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream("pcm_f32le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(wave[None], format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with pytest.raises(PrepareError, match="10 NaN or infinite samples") as err:
+        prepare_media(path, ClipSpec(fps=17, size=32), video=False)
+    assert err.value.status == "bad_audio"

@@ -139,6 +139,8 @@ def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpe
             return record[col[name]].strip() if name in col else ""
 
         row_id = cell("id")
+        if row_id:
+            where = f"line {line} (id {row_id!r})"
         if not row_id:
             problems.append(f"{where}: empty id")
         elif not _SAFE_ID.fullmatch(row_id) or row_id.endswith("."):

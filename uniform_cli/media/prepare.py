@@ -7,8 +7,9 @@ layout and sample rate, streams that start late or end early. Audio and video ar
 instant of the source timeline, so they stay in sync.
 
 It never pads or truncates silently: a problem raises `PrepareError` whose `status` is the word a status
-table records (`too_short`, `late_audio`, `no_audio`, `no_video`, `decode_error`, `timeout`), unless the
-caller allows padding or silence, in which case the padding is reported in `PreparedClip.padded`.
+table records (`too_short`, `late_audio`, `no_audio`, `no_video`, `decode_error`, `timeout`, `bad_audio`),
+unless the caller allows padding or silence, in which case the padding is reported in `PreparedClip.padded`.
+Each decoded frame that is kept is converted to the clip's size at once, so memory follows the clip.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ NO_AUDIO = "no_audio"
 NO_VIDEO = "no_video"
 DECODE_ERROR = "decode_error"
 TIMEOUT = "timeout"
+BAD_AUDIO = "bad_audio"
 
 _TIME_EPS = 1e-3  # container timestamps are rounded to their time base; 1 ms absorbs that
 
@@ -256,15 +258,27 @@ def scaled_size(width: int, height: int, sar: float, rotation: int, size: int) -
 
 
 def _read_frames(container, t0, spec, info, allow_short, slack, padded, deadline, threads) -> np.ndarray:
-    """Frames at t0 + k / fps: for each target time the last frame shown at or before it."""
+    """Frames at t0 + k / fps: for each target time the last frame shown at or before it. Each frame kept is
+    converted to the clip's size as it is decoded, so memory is bounded by the clip, not by the source."""
     stream = _video_stream(container)
     stream.thread_type = "AUTO" if threads != 1 else "SLICE"
     stream.codec_context.thread_count = threads
+    sar = _sar(stream)
+    seen: dict[str, int] = {}  # rotation and display size, from the first frame converted
+
+    def convert(frame) -> np.ndarray:
+        if not seen:
+            value = getattr(frame, "rotation", None)  # the frame's display matrix (PyAV >= 14), else the stream's
+            seen["rotation"] = int(round(value / 90.0)) * 90 % 360 if value else info.rotation
+            seen["width"], seen["height"] = frame.width, frame.height
+        return _to_square_rgb(frame, sar, seen["rotation"], spec.size)
+
     targets = t0 + np.arange(spec.frames) / spec.fps
-    picked = _pick_frames(container, stream, t0, targets, deadline)
+    picked = _pick_frames(container, stream, t0, targets, deadline, convert)
     if picked is None and t0 > 0:  # some demuxers seek badly (avi, broken indexes): decode from the start
         container.seek(0)
-        picked = _pick_frames(container, stream, None, targets, deadline)
+        seen.clear()
+        picked = _pick_frames(container, stream, None, targets, deadline, convert)
     if picked is None:
         raise PrepareError(TOO_SHORT, f"no video frames at or after {t0:.3f} s")
     chosen, first_time, last_end = picked
@@ -280,11 +294,8 @@ def _read_frames(container, t0, spec, info, allow_short, slack, padded, deadline
                 f"video ends {last_end - t0:.3f} s into the clip, {spec.seconds:g} s needed (--allow-short pads)",
             )
         padded["video_end"] = round(targets[-1] + 1.0 / spec.fps - last_end, 3)
-    rotation = chosen_rotation(chosen, info)
-    sample = next(f for f in chosen if f is not None)
-    sar = _sar(stream)
-    info.rotation = rotation
-    info.width, info.height = _display_size(sample.width, sample.height, sar, rotation)
+    info.rotation = seen["rotation"]
+    info.width, info.height = _display_size(seen["width"], seen["height"], sar, seen["rotation"])
     # Hold the edges: targets before the first decoded frame show it, targets after the last show the last.
     first = next(k for k, f in enumerate(chosen) if f is not None)
     for k in range(first):
@@ -292,41 +303,30 @@ def _read_frames(container, t0, spec, info, allow_short, slack, padded, deadline
     for k in range(1, spec.frames):
         if chosen[k] is None:
             chosen[k] = chosen[k - 1]
-    out = np.empty((spec.frames, spec.size, spec.size, 3), np.uint8)  # F H W 3
-    converted: dict[int, np.ndarray] = {}
-    for k, frame in enumerate(chosen):
-        deadline.check()
-        image = converted.get(id(frame))
-        if image is None:
-            image = converted[id(frame)] = _to_square_rgb(frame, sar, rotation, spec.size)
-        out[k] = image
-    return out
+    return np.stack(chosen)  # F H W 3
 
 
-def chosen_rotation(chosen, info: SourceInfo) -> int:
-    """Rotation from the frames' own display matrix (PyAV >= 14: frame.rotation), else the stream's."""
-    for frame in chosen:
-        if frame is not None:
-            value = getattr(frame, "rotation", None)
-            if value:
-                return int(round(value / 90.0)) * 90 % 360
-            break
-    return info.rotation
+def _pick_frames(container, stream, seek_to, targets, deadline, convert):
+    """Decode from `seek_to` (None: from where the container is) and keep `convert(frame)` for each target.
 
-
-def _pick_frames(container, stream, seek_to, targets, deadline):
-    """Decode from `seek_to` (None: from where the container is) and keep the frame for each target.
-
-    Returns (frames per target or None where no frame precedes it, first frame time, end of last frame),
-    or None when no frame was decoded (or the seek landed after the first target).
+    Returns (images per target or None where no frame precedes it, first frame time, end of last frame),
+    or None when no frame was decoded (or the seek landed after the first target). A frame is converted
+    once, when the first target it covers is passed, and the decoded frame itself is not kept.
     """
     if seek_to is not None and seek_to > 0:
         container.seek(max(0, int(seek_to / stream.time_base)), stream=stream, backward=True)
     chosen: list = [None] * len(targets)
     k = 0  # next target to fill
-    prev = None
+    prev = prev_image = None
     prev_time = first_time = None
     default_step = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
+
+    def image():
+        nonlocal prev_image
+        if prev_image is None:
+            prev_image = convert(prev)
+        return prev_image
+
     for frame in container.decode(stream):
         deadline.check()
         if frame.pts is None:
@@ -340,18 +340,18 @@ def _pick_frames(container, stream, seek_to, targets, deadline):
             continue
         # every target that this frame's time passes belongs to the previous frame
         while k < len(targets) and targets[k] + _TIME_EPS < t:
-            chosen[k] = prev
+            chosen[k] = image() if prev is not None else None
             k += 1
         if k >= len(targets):
             break
-        prev, prev_time = frame, t
+        prev, prev_time, prev_image = frame, t, None
     else:
         if prev is None:
             return None
         step = float(prev.duration * (prev.time_base or stream.time_base)) if prev.duration else default_step
         last_end = prev_time + step
         while k < len(targets) and targets[k] + _TIME_EPS < last_end:
-            chosen[k] = prev
+            chosen[k] = image()
             k += 1
         return chosen, first_time, last_end
     return chosen, first_time, math.inf
@@ -440,4 +440,6 @@ def _read_audio(container, t0, spec, allow_short, slack, padded, deadline) -> np
         )
     if short > 0.001:
         padded["audio_end"] = round(short, 3)
+    if not np.isfinite(out).all():  # float PCM can hold NaN/inf; encoders (AAC) abort on them
+        raise PrepareError(BAD_AUDIO, f"the audio holds {int((~np.isfinite(out)).sum())} NaN or infinite samples")
     return out
