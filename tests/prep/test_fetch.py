@@ -282,3 +282,35 @@ def test_cli_records_local_files_without_downloading(tmp_path):
     assert read_status(tmp_path / "data", "fetch")["-a"]["status"] == "local"
     result = CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")])
     assert "skipped" in result.output  # done before
+
+
+def test_cli_records_each_bad_manifest_row_and_fetches_the_rest(tmp_path):
+    from typer.testing import CliRunner
+
+    from uniform_cli.cli.main import app
+
+    make_media(tmp_path / "a.mp4", seconds=4.5)
+    manifest = tmp_path / "mine.csv"
+    manifest.write_bytes(
+        "\ufeffid,url,start,end,label,split\n"  # a BOM, as spreadsheets write
+        "-a,a.mp4,0,,dog,train\n"
+        "\n"
+        "b/c,a.mp4,0,,,\n"
+        f"{'x' * 300},a.mp4,0,,,\n"
+        "d,javascript:alert(1),0,,,\n"
+        "e,a.mp4,nan,,,\n"
+        "f,a.mp4,1e300,,,\n"
+        "-a,a.mp4,0,,dog,train\n".encode()
+    )
+    result = CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    rows = read_status(tmp_path / "data", "fetch")
+    assert rows["-a"]["status"] == "local"
+    assert {k: r["status"] for k, r in rows.items() if k != "-a"} == {
+        "line-4": "bad_row", "line-5": "bad_row", "d": "bad_row", "e": "bad_row", "f": "bad_row", "line-9": "bad_row"}
+    assert "line 4: id 'b/c'" in rows["line-4"]["error"] and "at most 200 characters" in rows["line-5"]["error"]
+    assert "'nan' is not a time" in rows["e"]["error"] and "'1e300' is not a time" in rows["f"]["error"]
+    assert "duplicate key '-a' (first on line 2)" in rows["line-9"]["error"]
+    manifest.write_bytes(b"id,url,start\nb,caf\xe9.mp4,0\n")
+    result = CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")])
+    assert result.exit_code == 2 and "not UTF-8 text (byte 18)" in result.output

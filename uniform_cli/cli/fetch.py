@@ -31,14 +31,16 @@ def main(
 
     Example: uniform fetch manifests/vggsound.csv --workers 8
     """
-    from uniform_cli.prep.fetch import FetchOptions, FetchSetupError, run_fetch
-    from uniform_cli.prep.manifest import ManifestError, default_root, read_manifest
+    from uniform_cli.prep.fetch import FetchOptions, FetchSetupError, bad_row_key, run_fetch
+    from uniform_cli.prep.manifest import ManifestError, default_root, read_manifest_rows
     from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard, print_summary, timer
 
     elapsed = timer()
     try:
         part = parse_shard(shard)
-        items = [item for item in read_manifest(manifest) if part.owns(item.key)]
+        items, bad = read_manifest_rows(manifest)
+        items = [item for item in items if part.owns(item.key)]
+        bad = [row for row in bad if part.owns(bad_row_key(row))]
         root = root or default_root(manifest)
         options = FetchOptions(
             root=str(root), seconds=seconds, margin=margin, retries=retries, cookies=str(cookies) if cookies else None
@@ -46,7 +48,7 @@ def main(
         guard = FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures)
         counts, skipped, table = run_fetch(
             items, root, options, workers=workers, rate_limit=rate_limit, guard=guard,
-            table_suffix=part.suffix, retry_failed=retry_failed,
+            table_suffix=part.suffix, retry_failed=retry_failed, bad_rows=bad,
         )
     except (ManifestError, ValueError) as e:
         fail(f"uniform fetch: {e}", USAGE)

@@ -25,17 +25,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from uniform_cli.atomic import atomic_path
 from uniform_cli.media.io import URL_SCHEME
-from uniform_cli.prep.manifest import ManifestItem
+from uniform_cli.prep.manifest import BadRow, ManifestItem
 from uniform_cli.stage import OK, ItemResult, StageError
 
 LOCAL = "local"
 FETCH_FIELDS = ["path", "offset", "start", "url", "attempts", "format"]
 
 # Status words. Permanent failures are skipped by a rerun (unless --retry-failed); the rest are retried.
-PERMANENT = {"unavailable", "private", "age_restricted", "geo_blocked", "forbidden", "bad_url"}
+BAD_ROW = "bad_row"
+PERMANENT = {"unavailable", "private", "age_restricted", "geo_blocked", "forbidden", "bad_url", BAD_ROW}
 RETRYABLE = {"rate_limited", "server_error", "network_error", "incomplete", "bot_check", "error"}
 DONE = {OK, LOCAL}
 
@@ -403,6 +405,11 @@ def needs_fetch(status: str | None, retry_failed: bool) -> bool:
     return retry_failed or status not in PERMANENT
 
 
+def bad_row_key(row: BadRow) -> str:
+    """The status-table key of a bad manifest row: its id when usable, else `line-N`."""
+    return row.key or f"line-{row.line}"
+
+
 def plan_fetch(items: list[ManifestItem], root: Path, rows: dict[str, dict[str, str]], retry_failed: bool) -> list[ManifestItem]:
     """Items this run fetches: new ones, retryable failures, and done ones whose file has gone."""
     todo = []
@@ -426,8 +433,10 @@ def run_fetch(
     guard=None,
     table_suffix: str = "",
     retry_failed: bool = False,
+    bad_rows: Sequence[BadRow] = (),
 ):
-    """Fetch every item that needs it (see `plan_fetch`); returns (status counts, items skipped, table)."""
+    """Fetch every item that needs it (see `plan_fetch`); returns (status counts, items skipped, table).
+    Each of `bad_rows` (manifest rows that are no item) is recorded as a `bad_row` failure with its reason."""
     from functools import partial
 
     from uniform_cli.stage import StatusTable, read_status, run_items
@@ -442,6 +451,9 @@ def run_fetch(
     table = StatusTable(root / f"fetch{table_suffix}.csv", FETCH_FIELDS)
     limiter = RateLimiter(rate_limit)
     local_counts: Counter = Counter()
+    for row in bad_rows:
+        table.record(ItemResult(bad_row_key(row), BAD_ROW, str(row)))
+        local_counts[BAD_ROW] += 1
     for item in todo:  # local files need no download: recorded at once, outside the failure cap
         if not item.is_remote:
             result = fetch_item(item, options, limiter)

@@ -10,6 +10,8 @@ Two formats are read (see manifests/README.md):
 from __future__ import annotations
 
 import csv
+import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,10 @@ YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
 TOOLKIT_COLUMNS = ["id", "url", "start", "end", "label", "split"]
+MAX_KEY = 200
+"""Longest key: a key names files ({key}.mp4, {key}.tar.stats.json ...), and file names stop at 255 bytes."""
+MAX_SECONDS = 1e7
+"""Largest start or end time (about 115 days)."""
 
 
 class ManifestError(ValueError):
@@ -54,97 +60,130 @@ def _is_toolkit_header(row: list[str]) -> bool:
     return [c.strip().lower() for c in row[:2]] == ["id", "url"]
 
 
+@dataclass(frozen=True)
+class BadRow:
+    """A manifest row that cannot be an item: its line in the file, its key when it has a usable one, and why."""
+
+    line: int
+    key: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}{f' (id {self.key!r})' if self.key else ''}: {self.reason}"
+
+
 def read_manifest(path: str | Path) -> list[ManifestItem]:
     """Read either manifest format; every problem (bad row, duplicate key) is reported together."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise ManifestError(f"manifest {path} is empty")
-    if _is_toolkit_header(rows[0]):
-        items, problems = _read_toolkit(rows, path)
-    else:
-        items, problems = _read_vggsound(rows)
-    seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        if item.key in seen:
-            problems.append(f"duplicate key {item.key!r} (rows {seen[item.key] + 1} and {i + 1})")
-        seen.setdefault(item.key, i)
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ManifestError(f"{path}: {len(problems)} problem(s):\n  {shown}{more}")
+    items, bad = read_manifest_rows(path)
+    if bad:
+        shown = "\n  ".join(map(str, bad[:20]))
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ManifestError(f"{path}: {len(bad)} problem(s):\n  {shown}{more}")
     return items
 
 
-def _read_vggsound(rows: list[list[str]]) -> tuple[list[ManifestItem], list[str]]:
-    items, problems = [], []
-    for n, row in enumerate(rows, start=1):
+def read_manifest_rows(path: str | Path) -> tuple[list[ManifestItem], list[BadRow]]:
+    """The good items of a manifest and its bad rows (numbered as the file numbers its lines), so that a stage
+    can record each bad row as a failed item and go on. A file that cannot be read as a manifest at all (missing,
+    empty, not UTF-8, no usable header) is a ManifestError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist or is not a file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM (Excel's "CSV UTF-8") is not part of the first id
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"manifest {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    for row in reader:
+        if row and any(c.strip() for c in row):
+            rows.append((reader.line_num, row))
+    if not rows:
+        raise ManifestError(f"manifest {path} is empty")
+    if _is_toolkit_header(rows[0][1]):
+        items, bad = _read_toolkit(rows, path)
+    else:
+        items, bad = _read_vggsound(rows)
+    seen: dict[str, int] = {}
+    unique = []
+    for line, item in items:
+        if item.key in seen:
+            bad.append(BadRow(line, None, f"duplicate key {item.key!r} (first on line {seen[item.key]})"))
+            continue
+        seen[item.key] = line
+        unique.append(item)
+    return unique, sorted(bad, key=lambda b: b.line)
+
+
+def _time(text: str, what: str) -> float:
+    """A time in seconds: a finite number in [0, MAX_SECONDS]."""
+    value = float(text)
+    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+        raise ValueError(f"{what} {text!r} is not a time between 0 and {MAX_SECONDS:g} s")
+    return value
+
+
+def _read_vggsound(rows: list[tuple[int, list[str]]]) -> tuple[list[tuple[int, ManifestItem]], list[BadRow]]:
+    items, bad = [], []
+    for line, row in rows:
         if len(row) != 4:
-            problems.append(f"row {n}: expected youtube_id,start_seconds,label,split, got {len(row)} fields: {row}")
+            bad.append(BadRow(line, None, f"expected youtube_id,start_seconds,label,split, got {len(row)} fields: {row}"))
             continue
         vid, start, label, split = (c.strip() for c in row)
         if not YOUTUBE_ID.match(vid):
-            problems.append(f"row {n}: {vid!r} is not a YouTube id")
+            bad.append(BadRow(line, None, f"{vid!r} is not a YouTube id"))
             continue
         try:
-            start_s = float(start)
-        except ValueError:
-            problems.append(f"row {n}: start {start!r} is not a number")
+            start_s = _time(start, "start")
+        except ValueError as err:
+            bad.append(BadRow(line, None, str(err) if "time" in str(err) else f"start {start!r} is not a number"))
             continue
-        if start_s < 0:
-            problems.append(f"row {n}: negative start {start_s}")
-            continue
-        items.append(
-            ManifestItem(
-                key=youtube_key(vid, start_s),
-                url=f"https://www.youtube.com/watch?v={vid}",
-                start=start_s,
-                end=start_s + 10.0,  # VGGSound segments are 10 s long
-                label=label,
-                split=split,
-            )
-        )
-    return items, problems
+        key = youtube_key(vid, start_s)
+        # VGGSound segments are 10 s long
+        items.append((line, ManifestItem(key, f"https://www.youtube.com/watch?v={vid}", start_s, start_s + 10.0,
+                                         label, split)))
+    return items, bad
 
 
-def _read_toolkit(rows: list[list[str]], path: Path) -> tuple[list[ManifestItem], list[str]]:
-    header = [c.strip().lower() for c in rows[0]]
+def _read_toolkit(rows: list[tuple[int, list[str]]], path: Path) -> tuple[list[tuple[int, ManifestItem]], list[BadRow]]:
+    header = [c.strip().lower() for c in rows[0][1]]
     missing = [c for c in ("id", "url", "start") if c not in header]
     if missing:
-        return [], [f"header lacks column(s) {missing}; expected {','.join(TOOLKIT_COLUMNS)}"]
-    items, problems = [], []
-    for n, row in enumerate(rows[1:], start=2):
+        raise ManifestError(f"{path}: the header lacks column(s) {missing}; expected {','.join(TOOLKIT_COLUMNS)}")
+    items, bad = [], []
+    for line, row in rows[1:]:
         rec = dict(zip(header, (c.strip() for c in row)))
+        key = rec.get("id", "")
+        good_key = key if SAFE_KEY.match(key) and len(key) <= MAX_KEY else None
         if len(row) != len(header):
-            problems.append(f"row {n}: {len(row)} fields for {len(header)} columns")
+            bad.append(BadRow(line, good_key, f"{len(row)} fields for {len(header)} columns"))
             continue
-        key, url = rec["id"], rec["url"]
-        if not SAFE_KEY.match(key):
-            problems.append(f"row {n}: id {key!r} may only hold letters, digits, '_' and '-'")
+        url = rec["url"]
+        if not good_key:
+            bad.append(BadRow(line, None, f"id {key!r} may only hold letters, digits, '_' and '-' "
+                                          f"(at most {MAX_KEY} characters)"))
             continue
         if not url:
-            problems.append(f"row {n}: empty url")
+            bad.append(BadRow(line, key, "empty url"))
             continue
         if not url.startswith(("http://", "https://")):
             if URL_SCHEME.match(url):  # data:, file:, javascript: ... are schemes, not file names
-                problems.append(f"row {n}: url {url!r} is neither http(s) nor a local path")
+                bad.append(BadRow(line, key, f"url {url!r} is neither http(s) nor a local path"))
                 continue
             local = Path(url)
             url = str(local if local.is_absolute() else (path.parent / local).resolve())
         try:
-            start = float(rec["start"] or 0)
-            end = float(rec["end"]) if rec.get("end") else None
-        except ValueError:
-            problems.append(f"row {n}: start/end must be numbers, got {rec['start']!r}/{rec.get('end')!r}")
+            start = _time(rec["start"] or "0", "start")
+            end = _time(rec["end"], "end") if rec.get("end") else None
+        except ValueError as err:
+            reason = str(err) if "time" in str(err) else f"start/end must be numbers, got {rec['start']!r}/{rec.get('end')!r}"
+            bad.append(BadRow(line, key, reason))
             continue
-        if start < 0 or (end is not None and end <= start):
-            problems.append(f"row {n}: bad time range start={start} end={end}")
+        if end is not None and end <= start:
+            bad.append(BadRow(line, key, f"bad time range start={start} end={end}"))
             continue
-        items.append(ManifestItem(key, url, start, end, rec.get("label", ""), rec.get("split", "")))
-    return items, problems
+        items.append((line, ManifestItem(key, url, start, end, rec.get("label", ""), rec.get("split", ""))))
+    return items, bad
 
 
 def folder_items(folder: str | Path) -> list[ManifestItem]:
@@ -168,5 +207,5 @@ def default_root(source: str | Path) -> Path:
 
 
 def read_items(source: str | Path) -> list[ManifestItem]:
-    """A manifest file or a folder of media files."""
+    """A manifest file or a folder of media files (a manifest with bad rows is a ManifestError listing them)."""
     return folder_items(source) if Path(source).is_dir() else read_manifest(source)
