@@ -38,7 +38,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 def test_folder_gives_exact_clips_and_a_status_per_file(folder, tmp_path):
     items = folder_items(folder)
     counts, skipped, unfetched, table = run_clip(items, tmp_path, ClipOptions(str(tmp_path)), workers=2)
-    assert dict(counts) == {"ok": 2, "too_short": 1, "no_audio": 1, "no_video": 1, "decode_error": 1}
+    assert dict(counts) == {"ok": 2, "too_short": 1, "no_audio": 1, "no_video": 1, "decode_error": 2}  # broken.avi, notes.txt
     rows = read_status(tmp_path, "clips")
     assert rows["good"]["video"] == "clips/good.mp4" and rows["good"]["audio"] == "clips/good.wav"
     assert rows["phone"]["rotation"] == "90" and (rows["phone"]["src_width"], rows["phone"]["src_height"]) == ("64", "96")
@@ -137,3 +137,21 @@ def test_a_run_whose_every_item_failed_exits_1_and_a_rerun_of_done_items_exits_0
     good = ["clip", str(folder), "--root", str(tmp_path / "good"), "--workers", "1"]
     assert CliRunner().invoke(app, good).exit_code == 0
     assert CliRunner().invoke(app, good).exit_code == 0  # everything done before: nothing failed
+
+
+def test_every_file_of_a_folder_is_an_item(folder, tmp_path):
+    import av
+
+    song = tmp_path / "src" / "song.m4a"  # audio only: a no_video item, not silently left out
+    song.parent.mkdir()
+    with av.open(str(song), "w", format="ipod") as out:
+        stream = out.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000 * 5), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    (tmp_path / "src" / "notes.txt").write_text("not media")
+    result = CliRunner().invoke(app, ["clip", str(song.parent), "--root", str(tmp_path / "out"), "--workers", "1"])
+    rows = read_status(tmp_path / "out", "clips")
+    assert {k: r["status"] for k, r in rows.items()} == {"song": "no_video", "notes": "decode_error"}
+    assert result.exit_code == 1  # nothing could be clipped

@@ -64,11 +64,12 @@ def test_every_problem_is_reported_together(tmp_path):
         read_manifest(vgg)
 
 
-def test_folder_items_take_media_files_with_safe_keys(tmp_path):
-    for name in ("clip one.mp4", "b.MKV", "readme.txt"):
+def test_folder_items_take_every_file_with_safe_keys(tmp_path):
+    for name in ("clip one.mp4", "b.MKV", "readme.txt", ".hidden"):
         (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
     items = read_items(tmp_path)
-    assert [i.key for i in items] == ["b", "clip_one"] and all(i.start == 0 for i in items)
+    assert [i.key for i in items] == ["b", "clip_one", "readme"] and all(i.start == 0 for i in items)
     (tmp_path / "clip.one.mp4").write_bytes(b"x")
     with pytest.raises(ManifestError, match="same key"):
         folder_items(tmp_path)

@@ -20,7 +20,6 @@ from uniform_cli.media.io import URL_SCHEME
 
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
 TOOLKIT_COLUMNS = ["id", "url", "start", "end", "label", "split"]
 MAX_KEY = 200
 """Longest key: a key names files ({key}.mp4, {key}.tar.stats.json ...), and file names stop at 255 bytes."""
@@ -187,11 +186,13 @@ def _read_toolkit(rows: list[tuple[int, list[str]]], path: Path) -> tuple[list[t
 
 
 def folder_items(folder: str | Path) -> list[ManifestItem]:
-    """Every media file in a folder (not recursive) as an item starting at 0; keys from file names."""
+    """Every file in a folder (not recursive; hidden files aside) as an item starting at 0, keys from file names:
+    what is not a clip's source becomes a failed item of the stage that reads it (an audio-only `.m4a` is
+    `no_video`, a text file `decode_error`), never silently left out."""
     folder = Path(folder)
     items = []
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES:
+        if p.is_file() and not p.name.startswith("."):
             key = re.sub(r"[^A-Za-z0-9_-]", "_", p.stem)
             items.append(ManifestItem(key=key, url=str(p.resolve()), start=0.0, end=None))
     keys = [i.key for i in items]
