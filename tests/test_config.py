@@ -60,3 +60,21 @@ def test_preset_then_overrides(tmp_path):
 def test_float_fields_accept_ints_and_tuples_accept_lists():
     r = recipe_from_dict({"train": {"lr": 1, "adam_betas": [0.9, 0.95]}, "model": {"patch_size": [1, 2, 2]}})
     assert isinstance(r.train.lr, float) and r.train.adam_betas == (0.9, 0.95) and r.model.patch_size == (1, 2, 2)
+
+
+def test_recipe_errors_keep_table_names_and_name_bad_encodings(tmp_path):
+    from typer.testing import CliRunner
+
+    from uniform_cli.cli.main import app
+
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufeff[model]\npreset = \"debug\"\n".encode())
+    assert load_recipe(bom).model.preset == "debug"
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"# caf\xe9\n[model]\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 5\)"):
+        load_recipe(latin)
+    markup = tmp_path / "markup.toml"  # a table named like console markup is printed, not applied
+    markup.write_text("[bold]\nx = 1\n")
+    result = CliRunner().invoke(app, ["train", str(markup), "--dry-run"])
+    assert result.exit_code == 2 and "unknown table [bold] (known:" in result.output
