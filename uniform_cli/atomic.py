@@ -78,3 +78,27 @@ def open_append(path: str | Path, csv_quotes: bool = False) -> IO[str]:
     except BaseException:
         os.close(fd)
         raise
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock of the work this one was asked to do."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created, never followed as a link) for the block, so that two
+    runs of the same work (`what`) on one folder never meet; Busy at once when another process holds it. The
+    lock goes with the process, so a killed run never leaves it held."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"another {what} is running ({path} is locked); wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)

@@ -244,3 +244,20 @@ def test_garbage_stats_and_tars_are_clear_errors_naming_the_file(tmp_path, codec
         with pytest.raises(ShardFormatError, match=needle) as err:
             shard_info([shards])
         assert "train-00000.tar.stats.json" in str(err.value)
+
+
+def test_a_second_encode_of_the_same_shard_on_one_root_is_refused(tmp_path, codecs):
+    from uniform_cli.atomic import Busy, exclusive
+
+    root = tmp_path / "data"
+    manifest = make_dataset(root, ["a", "b"], TINY_DATA)
+    (root / "shards").mkdir()
+    (root / "shards" / "train-00000.tar.tmp").write_bytes(b"the first run's shard in progress")
+    options = EncodeOptions(batch_size=2, samples_per_shard=2, text_embeddings=False)
+    with exclusive(root / "shards" / ".encode.lock", "the first run"):  # as a first run holds it
+        with pytest.raises(Busy, match="another `uniform encode` with --shard 0/1"):
+            encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, options)
+        assert (root / "shards" / "train-00000.tar.tmp").is_file()  # nothing of the first run was touched
+    sharded = EncodeOptions(batch_size=2, samples_per_shard=2, text_embeddings=False, shard=Shard(1, 2))
+    with exclusive(root / "shards" / ".encode.lock", "the first run"):  # another --shard is other work
+        encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, sharded)

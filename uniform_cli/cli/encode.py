@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from uniform_cli.atomic import Busy
 from uniform_cli.cli import USAGE, exit_if_nothing_succeeded, fail
 
 
@@ -77,7 +78,7 @@ def main(
             guard=FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures),
         )
         summary = encode_dataset(read_items(manifest), root or default_root(manifest), codec, data, options)
-    except (CodecError, ShardFormatError, TooManyFailures, OSError) as e:
+    except (Busy, CodecError, ShardFormatError, TooManyFailures, OSError) as e:
         fail(e)
     except (ConfigError, ManifestError, ValueError) as e:
         fail(e, USAGE)

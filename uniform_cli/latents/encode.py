@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from uniform_cli.atomic import exclusive
 from uniform_cli.config import CodecConfig, DataConfig
 from uniform_cli.latents.shards import (
     SHARDS_DIR,
@@ -308,12 +309,9 @@ def encode_dataset(
     """Encode this process's clips of `items` into `root/shards/`; see the module docstring.
 
     Raises TooManyFailures past the failure caps, CodecError for missing weights, ShardFormatError when
-    the folder already holds shards of other codecs or shapes. A summary is printed either way.
+    the folder already holds shards of other codecs or shapes, Busy when another run of the same `--shard`
+    is encoding into this root. A summary is printed either way.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
-
     start = time.perf_counter()
     root = Path(root)
     folder = root / SHARDS_DIR
@@ -321,6 +319,18 @@ def encode_dataset(
     shard = options.shard
     if options.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {options.batch_size}")
+    # a second run of the same --shard on this root would delete the first one's temp shards
+    what = f"`uniform encode` with --shard {shard.index}/{shard.count} on {root}"
+    with exclusive(folder / f".encode{shard.suffix}.lock", what):
+        return _encode(items, root, folder, shard, codec, data, options, start)
+
+
+def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, data: DataConfig,
+            options: EncodeOptions, start: float) -> EncodeSummary:
+    """encode_dataset's work, with this shard's lock held."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
 
     recover_stats(folder)
     set_aside_broken(folder)
