@@ -68,3 +68,25 @@ def test_atomic_writes_replace_a_planted_link_not_its_target(tmp_path):
     write_text_atomic(tmp_path / "index.json", "{}")
     assert target.read_text() == "keep"
     assert not os.path.islink(tmp_path / "index.json") and (tmp_path / "index.json").read_text() == "{}"
+
+
+def test_a_killed_runs_temp_files_are_swept_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from uniform_cli.atomic import sweep_temp, temp_beside
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended, as a killed run's has
+    live = temp_beside(tmp_path / "clip.mp4")
+    live.write_bytes(b"being written")
+    left = live.with_name(live.name.replace(f"-{os.getpid()}-", f"-{pid}-"))
+    left.write_bytes(b"half written")
+    folder = tmp_path / (temp_beside(tmp_path / "key").name.replace(f"-{os.getpid()}-", f"-{pid}-"))
+    folder.mkdir()
+    (folder / "media.part").write_bytes(b"x")
+    other_host = tmp_path / f".clip.otherhost-{pid}-0123abcd.tmp.mp4"
+    other_host.write_bytes(b"another machine's")
+    (tmp_path / "clip.mp4").write_bytes(b"done")
+    assert sorted(sweep_temp(tmp_path)) == sorted([left, folder])
+    assert live.exists() and other_host.exists() and (tmp_path / "clip.mp4").exists()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import stat
 import uuid
 from pathlib import Path
@@ -19,13 +21,53 @@ class UnsafePathError(OSError):
     """A path to be written is a symbolic link or not a regular file; nothing was written."""
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp(\.[^.]*)?$")
+
+
+def temp_beside(path: str | Path) -> Path:
+    """A fresh temporary name beside `path` (same suffix, so writers that go by it still do), naming this host
+    and process, so that `sweep_temp` can tell a killed run's leftovers from a live run's work."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def sweep_temp(folder: str | Path) -> list[Path]:
+    """Delete the temporary files and folders (`temp_beside` names) in `folder` that processes of this host which
+    are no longer running left behind (a killed run); returns them. Other hosts' and live processes' are kept."""
+    import shutil
+
+    gone = []
+    folder = Path(folder)
+    for path in folder.glob(".*.tmp*") if folder.is_dir() else ():
+        match = _TEMP.match(path.name)
+        if not match or match["host"] != _HOST or _alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        gone.append(path)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix); rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name that the writer creates itself (normal permissions); same folder, so the rename is atomic.
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    tmp = temp_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)

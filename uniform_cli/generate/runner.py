@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from uniform_cli.atomic import complete_prefix, open_append, write_text_atomic
+from uniform_cli.atomic import complete_prefix, open_append, sweep_temp, write_text_atomic
 from uniform_cli.media.io import URL_SCHEME
 from uniform_cli.media.prepare import ClipSpec
 from uniform_cli.stage import Shard
@@ -354,6 +354,7 @@ def run_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOption
     from uniform_cli.stage import StageError
 
     out_dir = Path(out_dir)
+    sweep_temp(out_dir)  # what a killed run left half-written
     report = RunReport()
     start = time.perf_counter()
     results = ResultsFile(results_path(out_dir, shard))

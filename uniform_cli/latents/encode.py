@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from uniform_cli.atomic import exclusive
+from uniform_cli.atomic import exclusive, sweep_temp
 from uniform_cli.config import CodecConfig, DataConfig
 from uniform_cli.latents.shards import (
     SHARDS_DIR,
@@ -332,6 +332,7 @@ def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, d
 
     from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
 
+    sweep_temp(folder)  # stats and index temp files of killed runs (temp shards: discard_partial)
     recover_stats(folder)
     set_aside_broken(folder)
     stats = read_stats(folder)

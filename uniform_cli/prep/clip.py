@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from uniform_cli.atomic import sweep_temp
 from uniform_cli.media.prepare import ClipSpec, prepare_media
 from uniform_cli.prep.manifest import ManifestItem
 from uniform_cli.stage import OK, ItemResult, StageError
@@ -148,6 +149,7 @@ def run_clip(
     done = read_status(root, "clips")
     todo = [job for job in jobs if not is_done(done.get(job.key), root, options.spec)]
     table = StatusTable(root / f"clips{table_suffix}.csv", CLIP_FIELDS)
+    sweep_temp(root / "clips")  # what a killed run left half-written
     work = partial(clip_item, options=options)
     counts = run_items(todo, work, table, workers=workers, guard=guard, description="clip")
     return counts, len(jobs) - len(todo), unfetched, table

@@ -19,7 +19,6 @@ import email.utils
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from uniform_cli.atomic import atomic_path
+from uniform_cli.atomic import atomic_path, sweep_temp, temp_beside
 from uniform_cli.media.io import URL_SCHEME
 from uniform_cli.prep.manifest import BadRow, ManifestItem
 from uniform_cli.stage import OK, ItemResult, StageError
@@ -303,7 +302,9 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
     # set per call, since each worker thread has its own context
     FFmpegPostProcessor._ffmpeg_location.set(ffmpeg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{item.key}.", dir=out.parent) as tmp:
+    tmp = temp_beside(out.with_suffix(""))  # a folder for yt-dlp's parts; a killed run's is swept
+    tmp.mkdir()
+    try:
         params = {
             "format": select_format,
             "download_ranges": download_range_func(None, [(lo, hi)]),
@@ -333,6 +334,8 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
         _check_download(produced[0])
         with atomic_path(out) as final:
             shutil.move(str(produced[0]), final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out, lo, str(info.get("format_id", ""))
 
 
@@ -448,6 +451,7 @@ def run_fetch(
     if options.cookies and not Path(options.cookies).is_file():
         raise FetchSetupError(f"--cookies {options.cookies}: no such file (export one in Netscape format)")
     (root / "raw").mkdir(parents=True, exist_ok=True)
+    sweep_temp(root / "raw")
     table = StatusTable(root / f"fetch{table_suffix}.csv", FETCH_FIELDS)
     limiter = RateLimiter(rate_limit)
     local_counts: Counter = Counter()

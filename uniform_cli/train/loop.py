@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from uniform_cli.atomic import open_append, write_text_atomic
+from uniform_cli.atomic import open_append, sweep_temp, write_text_atomic
 from uniform_cli.config import DataConfig, Recipe, recipe_to_toml
 from uniform_cli.types import Latents, Task
 
@@ -189,6 +189,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     recipe_toml = recipe_to_toml(recipe)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        sweep_temp(run_dir)
         write_text_atomic(run_dir / "recipe.toml", recipe_toml)
         console.print(f"[bold]uniform train[/bold] {cfg.name}: {note}; {world} process(es) on {device}; "
                       f"shards hold {info.num_samples} samples; from step {step}")
