@@ -67,6 +67,7 @@ def main(
     )
     from uniform_cli.latents.codecs import CodecError
     from uniform_cli.model.checkpoint import CheckpointError
+    from uniform_cli.progress import LogProgress
     from uniform_cli.stage import parse_shard
     from uniform_cli.types import Task
 
@@ -121,19 +122,25 @@ def main(
     except (PipelineError, CodecError, CheckpointError) as e:
         fail(str(e), 1)
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
-        clips = progress.add_task(f"generating{shard_note}", total=len(todo))
-        denoise = progress.add_task("  denoising batch", total=None)
+    try:
+        if console.is_terminal:  # a clip bar and a denoising bar
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+            with Progress(*columns, console=console, transient=True) as progress:
+                clips = progress.add_task(f"generating{shard_note}", total=len(todo))
+                denoise = progress.add_task("  denoising batch", total=None)
+                report = run_items(pipe, todo, out, options, part, on_batch=lambda n: progress.advance(clips, n),
+                                   on_step=lambda done, total: progress.update(denoise, completed=done, total=total))
+        else:  # a log: a plain line now and then
+            plain = LogProgress(console, f"generate{shard_note}", len(todo), unit=" clips")
+            made = [0]
 
-        def on_step(done: int, total: int) -> None:
-            progress.update(denoise, completed=done, total=total)
+            def on_batch(n: int) -> None:
+                made[0] += n
+                plain.update(made[0])
 
-        try:
-            report = run_items(pipe, todo, out, options, part,
-                               on_batch=lambda n: progress.advance(clips, n), on_step=on_step)
-        except PipelineError as e:
-            fail(str(e), 1)
+            report = run_items(pipe, todo, out, options, part, on_batch=on_batch)
+    except (PipelineError, OSError) as e:
+        fail(str(e), 1)
 
     if part.count == 1:
         merge_results(Path(out))

@@ -8,7 +8,6 @@ exactly what an uninterrupted run would have done.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
@@ -140,6 +139,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     from uniform_cli.model.uniform import build_model, num_tokens
     from uniform_cli.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, step_tag
     from uniform_cli.train.ema import make_ema, update_ema
+    from uniform_cli.progress import LogProgress
     from uniform_cli.train.engine import build_engine, init_distributed
 
     cfg, data = recipe.train, recipe.data
@@ -208,7 +208,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     stop = _StopFlag()
     last = step
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    progress = _progress(console, end, step) if rank == 0 else None
+    progress = LogProgress(console, "train", end, step, unit=" steps") if rank == 0 else None
     try:
         while step < end:
             t0 = time.perf_counter()
@@ -255,7 +255,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
                 if writer is not None:
                     for k, v in record.items():
                         writer.add_scalar(f"train/{k}", v, step)
-                progress.update(progress.task_ids[0], completed=step, loss=record["loss"])
+                progress.update(step, loss=record["loss"], samples_per_s=record["samples_per_s"])
             state = {"samples_seen": samples_seen, "batches_seen": batches_seen}
             stopping = _any_rank(stop.signal is not None, device)
             if step % cfg.checkpoint_every == 0 or step == end or stopping:
@@ -336,15 +336,3 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _progress(console, total: int, start: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(), console=console, transient=True,
-    )
-    progress.add_task("train", total=total, completed=start, loss=math.nan)
-    progress.start()
-    return progress
