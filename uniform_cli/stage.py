@@ -281,7 +281,7 @@ def print_summary(stage: str, counts: Counter, skipped: int, table: StatusTable,
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)  # a log keeps long paths and URLs on one line
     summary = Table(title=f"uniform {stage}: {sum(counts.values())} items in {seconds:.1f} s", show_header=True)
     summary.add_column("status")
     summary.add_column("items", justify="right")

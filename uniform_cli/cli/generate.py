@@ -71,7 +71,7 @@ def main(
     from uniform_cli.stage import parse_shard
     from uniform_cli.types import Task
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if cfg is not None and (cfg_video is not None or cfg_audio is not None):
         fail("use either --cfg or --cfg-video/--cfg-audio, not both", USAGE)
     if dtype is not None and dtype not in DTYPES:

@@ -27,7 +27,7 @@ def main(
 
     from uniform_cli.config import ConfigError, load_recipe, recipe_to_toml
 
-    console = Console()
+    console = Console(soft_wrap=True)
     try:
         cfg = load_recipe(recipe, set_)
     except ConfigError as e:

@@ -143,7 +143,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     from uniform_cli.train.engine import build_engine, init_distributed
 
     cfg, data = recipe.train, recipe.data
-    console = Console()
+    console = Console(soft_wrap=True)  # a log keeps long paths and URLs on one line
     # Everything that can be checked without work is checked first.
     info = shard_info(data.shards)
     info.check_shapes(recipe.model.video_latent, recipe.model.audio_latent)
@@ -166,6 +166,9 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
 
     model = build_model(recipe.model)
     note = initial_weights(model, cfg.init_from)
+    if rank == 0 and not _built_ops():
+        console.print("building the DeepSpeed engine: on its first run on a machine DeepSpeed compiles a small C++ "
+                      "op (about a minute; later runs reuse it)", markup=False)
     engine = build_engine(model, cfg, world, recipe.deepspeed)
     ema = make_ema(engine.module)
     if cfg.compile:
@@ -272,6 +275,12 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     if rank == 0:
         console.print(f"done: step {step}, last checkpoint {ckpt_dir / 'latest'} (step {last}); metrics in {metrics_path}")
     return run_dir
+
+
+def _built_ops() -> bool:
+    """Whether torch's extension cache holds ops DeepSpeed built before (then building the engine is quick)."""
+    cache = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    return cache.is_dir() and any(cache.rglob("*.so"))
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
