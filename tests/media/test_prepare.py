@@ -219,3 +219,25 @@ def test_nan_audio_is_a_bad_audio_record_not_an_encoder_abort(tmp_path):
     with pytest.raises(PrepareError, match="10 NaN or infinite samples") as err:
         prepare_media(path, ClipSpec(fps=17, size=32), video=False)
     assert err.value.status == "bad_audio"
+
+
+def test_an_audio_stream_without_packets_is_no_audio(tmp_path):
+    import av
+
+    path = tmp_path / "empty_audio.mkv"  # Matroska keeps a declared stream that never got a packet
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=17)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        out.add_stream("aac", rate=16000, layout="mono")
+        for i in range(17 * 5):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    with pytest.raises(PrepareError, match="the audio stream holds no packets") as err:
+        prepare_media(path, ClipSpec(fps=17, size=32))
+    assert err.value.status == "no_audio"
+    clip = prepare_media(path, ClipSpec(fps=17, size=32), allow_silence=True)
+    assert clip.silent and not clip.audio.any() and clip.video.shape == (68, 32, 32, 3)

@@ -162,7 +162,12 @@ def prepare_media(
                         raise PrepareError(NO_AUDIO, f"{path.name}: no audio stream (--allow-silence writes silence)")
                     wave, silent = np.zeros(spec.samples, np.float32), True
                 else:
-                    wave = _read_audio(container, t0, spec, allow_short, slack, padded, deadline)
+                    try:
+                        wave = _read_audio(container, t0, spec, allow_short, slack, padded, deadline)
+                    except PrepareError as e:  # a declared stream without packets is no audio either
+                        if e.status != NO_AUDIO or not allow_silence:
+                            raise
+                        wave, silent = np.zeros(spec.samples, np.float32), True
     except PrepareError as e:
         raise PrepareError(e.status, f"{path.name}: {e}" if not str(e).startswith(path.name) else str(e)) from None
     except (av.error.FFmpegError, ValueError, IndexError, UnicodeDecodeError) as e:
@@ -390,7 +395,10 @@ def _read_audio(container, t0, spec, allow_short, slack, padded, deadline) -> np
     out = np.zeros(spec.samples, np.float32)
     covered_from = covered_to = None  # sample indices of the window that real audio filled
     lead_in = 0.5  # seek earlier than t0: audio packets need not sit next to the video keyframe
-    container.seek(max(0, int((t0 - lead_in) / stream.time_base)) if t0 > lead_in else 0, stream=stream, backward=True)
+    try:
+        container.seek(max(0, int((t0 - lead_in) / stream.time_base)) if t0 > lead_in else 0, stream=stream, backward=True)
+    except av.error.FFmpegError:  # a stream without index entries (one with no packets at all): read from the start
+        container.seek(0)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
     first_input = None
     cursor = None  # time of the next resampled sample, when frames carry no pts
@@ -411,15 +419,18 @@ def _read_audio(container, t0, spec, allow_short, slack, padded, deadline) -> np
             covered_to = hi if covered_to is None else max(covered_to, hi)
         return begin >= spec.samples
 
-    done = False
+    done = decoded = False
     for frame in container.decode(stream):
         deadline.check()
+        decoded = True
         if first_input is None and frame.pts is not None:
             first_input = float(frame.pts * frame.time_base)
         for chunk in resampler.resample(frame):
             done = place(chunk) or done
         if done:
             break
+    if not decoded:  # a stream that is declared but holds no packets (flushing the resampler would fail)
+        raise PrepareError(NO_AUDIO, "the audio stream holds no packets (--allow-silence writes silence)")
     if not done:
         for chunk in resampler.resample(None):
             place(chunk)
