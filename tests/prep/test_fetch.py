@@ -25,7 +25,9 @@ class Server:
     """127.0.0.1 server for one video with Range support and per-path misbehaviour.
 
     /ok/*: always fine; /missing/*: 404; /forbidden/*: 403; /busy/*: 429 + Retry-After: 1 once, then fine;
-    /flaky/*: 500 once, then fine; /down/*: always 503; /cut/*: the first ranged download is cut mid-file.
+    /flaky/*: 500 once, then fine; /down/*: always 503; /cut/*: the first ranged download is cut mid-file;
+    /trickle/*: the headers, then a byte every 0.1 s (for at most 20 s); /stall/*: the headers, then nothing
+    (for at most 20 s).
     """
 
     def __init__(self, video: bytes):
@@ -76,6 +78,21 @@ class Server:
         h.send_header("Content-Length", str(end - start + 1))
         h.end_headers()
         body = data[start : end + 1]
+        if kind in ("trickle", "stall"):
+            until = time.monotonic() + 20  # bounded: the test's deadline is far shorter
+            for byte in body[: 200 if kind == "trickle" else 0]:
+                if time.monotonic() > until:
+                    break
+                try:
+                    h.wfile.write(bytes([byte]))
+                    h.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                time.sleep(0.1)
+            while kind == "stall" and time.monotonic() < until:
+                time.sleep(0.1)
+            h.close_connection = True
+            return
         if kind == "cut" and ranged and self.hits["cut-ranged"] == 0:
             self.hits["cut-ranged"] += 1
             body = body[: len(body) // 3]  # then the connection closes: a cut download
@@ -104,7 +121,7 @@ def item(server, kind, key=None, start=5.0):
 
 
 def options(root, **kw):
-    return F.FetchOptions(root=str(root), seconds=4.0, margin=1.0, retries=2, backoff=0.05, **kw)
+    return F.FetchOptions(**{"root": str(root), "seconds": 4.0, "margin": 1.0, "retries": 2, "backoff": 0.05, **kw})
 
 
 def test_range_download_lands_where_clip_expects_it(server, tmp_path):
@@ -314,3 +331,12 @@ def test_cli_records_each_bad_manifest_row_and_fetches_the_rest(tmp_path):
     manifest.write_bytes(b"id,url,start\nb,caf\xe9.mp4,0\n")
     result = CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")])
     assert result.exit_code == 2 and "not UTF-8 text (byte 18)" in result.output
+
+
+@pytest.mark.parametrize("kind", ["trickle", "stall"])
+def test_a_trickling_or_stalled_server_times_out_at_the_deadline(server, tmp_path, kind):
+    t0 = time.monotonic()
+    result = F.fetch_item(item(server, kind), options(tmp_path, deadline=2.0, retries=0), F.RateLimiter(None))
+    assert result.status == "timeout" and "longer than 2 s" in result.error
+    assert time.monotonic() - t0 < 15  # the server would go on for 20 s
+    assert not [p for p in (tmp_path / "raw").glob(".*")]  # the attempt's temp folder is gone

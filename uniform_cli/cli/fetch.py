@@ -18,6 +18,7 @@ def main(
     cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp (age-gated or bot-checked videos)."),
     rate_limit: float = typer.Option(2.0, help="Most download starts per second, across all workers."),
     retries: int = typer.Option(4, help="Retries of a transient failure (network, 5xx, 429) within this run."),
+    deadline: float = typer.Option(600.0, help="Seconds one download attempt may take (a trickling server times out)."),
     seconds: float = typer.Option(4.0, help="Seconds needed from each item's start."),
     margin: float = typer.Option(2.0, help="Extra seconds downloaded on both sides (clip cuts exactly)."),
     max_failures: float = typer.Option(0.5, help="Stop when more than this fraction of items has failed (after 50)."),
@@ -43,7 +44,8 @@ def main(
         bad = [row for row in bad if part.owns(bad_row_key(row))]
         root = root or default_root(manifest)
         options = FetchOptions(
-            root=str(root), seconds=seconds, margin=margin, retries=retries, cookies=str(cookies) if cookies else None
+            root=str(root), seconds=seconds, margin=margin, retries=retries, deadline=deadline,
+            cookies=str(cookies) if cookies else None,
         )
         guard = FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures)
         counts, skipped, table = run_fetch(

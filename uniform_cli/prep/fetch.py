@@ -16,6 +16,7 @@ backoff and jitter, 429 honouring Retry-After, and again on the next run.
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import re
 import shutil
@@ -37,7 +38,7 @@ FETCH_FIELDS = ["path", "offset", "start", "url", "attempts", "format"]
 # Status words. Permanent failures are skipped by a rerun (unless --retry-failed); the rest are retried.
 BAD_ROW = "bad_row"
 PERMANENT = {"unavailable", "private", "age_restricted", "geo_blocked", "forbidden", "bad_url", BAD_ROW}
-RETRYABLE = {"rate_limited", "server_error", "network_error", "incomplete", "bot_check", "error"}
+RETRYABLE = {"rate_limited", "server_error", "network_error", "incomplete", "bot_check", "error", "timeout"}
 DONE = {OK, LOCAL}
 
 FFMPEG_HELP = (
@@ -83,6 +84,10 @@ class FetchOptions:
     """Longest single wait (also caps Retry-After)."""
     cookies: str | None = None
     socket_timeout: float = 30.0
+    """Seconds a connection may be silent."""
+    deadline: float = 600.0
+    """Seconds one download attempt may take in all: a server that trickles a byte a second or stalls after
+    the headers is cut off then (status `timeout`, retried like other transient failures)."""
 
 
 # -------------------------------------------------------------------------------------------- rate limit
@@ -304,6 +309,19 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(out.with_suffix(""))  # a folder for yt-dlp's parts; a killed run's is swept
     tmp.mkdir()
+    late = threading.Event()
+
+    def cut_off() -> None:  # the deadline passed: stop yt-dlp (its next progress hook) and its ffmpeg
+        late.set()
+        kill_processes_using(str(tmp))
+
+    def check_deadline(_status: dict) -> None:
+        if late.is_set():
+            raise StageError("timeout", "deadline passed")
+
+    timer = threading.Timer(options.deadline, cut_off)
+    timer.daemon = True
+    timer.start()
     try:
         params = {
             "format": select_format,
@@ -324,9 +342,17 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
             "fragment_retries": 3,
             "socket_timeout": options.socket_timeout,
             "cookiefile": options.cookies,
+            "progress_hooks": [check_deadline],
         }
-        with yt_dlp.YoutubeDL(params) as ydl:
-            info = ydl.extract_info(item.url, download=True)
+        try:
+            with yt_dlp.YoutubeDL(params) as ydl:
+                info = ydl.extract_info(item.url, download=True)
+        except Exception:
+            if late.is_set():
+                raise StageError("timeout", f"the download took longer than {options.deadline:g} s") from None
+            raise
+        if late.is_set():
+            raise StageError("timeout", f"the download took longer than {options.deadline:g} s")
         produced = sorted(Path(tmp).glob("media.*"))
         produced = [p for p in produced if p.suffix == ".mp4"] or produced
         if not produced:
@@ -335,8 +361,27 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
         with atomic_path(out) as final:
             shutil.move(str(produced[0]), final)
     finally:
+        timer.cancel()
         shutil.rmtree(tmp, ignore_errors=True)
     return out, lo, str(info.get("format_id", ""))
+
+
+def kill_processes_using(needle: str) -> list[int]:
+    """Kill this user's processes whose command line holds `needle` (an attempt's own temp folder, which
+    yt-dlp hands to the ffmpeg it starts); returns their pids. Linux (/proc) only; elsewhere nothing."""
+    import signal
+
+    killed = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle.encode() in cmdline.read_bytes():
+                pid = int(cmdline.parent.name)
+                if pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        except (OSError, ValueError):
+            continue
+    return killed
 
 
 def _check_download(path: Path) -> None:
