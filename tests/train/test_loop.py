@@ -178,3 +178,7 @@ def test_a_recipe_whose_codecs_differ_from_the_shards_is_refused_before_step_0(t
     assert "video: the shards hold opensora (hpcai-tech/OpenSora-VAE-v1.2), the recipe says pixel" in text
     assert "text: the shards hold embeddings of DeepFloyd/t5-v1_1-xxl, the recipe says google/t5-v1_1-base" in text
     assert not (tmp_path / "othercodec").exists()
+    fps = make_recipe(tmp_path, shards, "otherfps")
+    fps.data.fps = 24
+    with pytest.raises(ShardDataError, match=r"clips: the shards hold \{'fps': 17, .*the recipe's \[data\] says \{'fps': 24"):
+        train(fps)

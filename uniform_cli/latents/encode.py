@@ -30,6 +30,7 @@ from uniform_cli.latents.shards import (
     ShardStats,
     SplitShardWriter,
     check_compatible,
+    clip_settings,
     discard_partial,
     read_stats,
     recover_stats,
@@ -379,6 +380,7 @@ def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, d
 
                 text = TextEncoder.from_pretrained(codec.text_encoder, max_length=options.text_max_length, device=device, dtype=dtype)
             info = codec_info(codec, video, audio, text, dtype)
+            info["clip"] = clip_settings(data)
             check_compatible(folder, info, None)
             encoder = BatchEncoder(video, audio, text, device)
             shapes: dict[str, Any] = {}

@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from uniform_cli.config import CodecConfig
+from uniform_cli.config import CodecConfig, DataConfig
 from uniform_cli.latents.shards import (
     INDEX_FILE,
     SHARDS_DIR,
     broken_shards,
+    clip_settings,
     npy_array,
     read_index,
     shard_file,
@@ -99,11 +100,14 @@ class ShardInfo:
             )
 
 
-    def check_codecs(self, codec: CodecConfig) -> None:
+    def check_codecs(self, codec: CodecConfig, data: DataConfig | None = None) -> None:
         """Raise ShardDataError unless the shards were encoded with `codec` (a recipe's `[codec]`), the codecs that
-        `generate` will decode the trained model's latents with; the message names both sides."""
+        `generate` will decode the trained model's latents with, and (given `data`) in its clip format; the
+        message names both sides."""
         made = self.codecs
         problems = []
+        if data is not None and made.get("clip") is not None and made["clip"] != clip_settings(data):
+            problems.append(f"clips: the shards hold {made['clip']}, the recipe's [data] says {clip_settings(data)}")
         for part, kind, source, pretrained in (
             ("video", codec.video, codec.video_vae, "opensora"), ("audio", codec.audio, codec.audio_vae, "audioldm"),
         ):
@@ -116,7 +120,7 @@ class ShardInfo:
             problems.append(f"text: the shards hold embeddings of {text.get('id')}, the recipe says {codec.text_encoder}")
         if problems:
             raise ShardDataError(
-                f"the recipe's [codec] differs from the codecs that encoded {', '.join(map(str, self.folders))}: "
+                f"the recipe's [codec] or [data] differs from what encoded {', '.join(map(str, self.folders))}: "
                 + "; ".join(problems) + ". A model trained on them could not be decoded by the recipe's codecs: "
                 "set [codec] to what the shards hold, or encode the data again with the recipe's codecs"
             )

@@ -336,8 +336,14 @@ def build_index(stats: list[ShardStats]) -> dict[str, Any]:
 
 
 def _codec_ids(codecs: dict[str, Any]) -> dict[str, Any]:
-    """The parts of codec info that make latents (in)compatible: which codec and which weights."""
-    return {part: (codecs.get(part) or {}).get("id") for part in ("video", "audio", "text")}
+    """The parts of codec info that make latents (in)compatible: which codec and which weights, and the clip
+    settings (fps, size, seconds, sample rate; absent in shards written before they were recorded)."""
+    return {**{part: (codecs.get(part) or {}).get("id") for part in ("video", "audio", "text")}, "clip": codecs.get("clip")}
+
+
+def clip_settings(data: Any) -> dict[str, Any]:
+    """The clip format of a `[data]` table, as shards record it."""
+    return {"fps": data.fps, "size": data.size, "seconds": data.seconds, "sample_rate": data.sample_rate}
 
 
 def write_index(folder: Path) -> dict[str, Any]:

@@ -147,7 +147,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     # Everything that can be checked without work is checked first.
     info = shard_info(data.shards)
     info.check_shapes(recipe.model.video_latent, recipe.model.audio_latent)
-    info.check_codecs(recipe.codec)
+    info.check_codecs(recipe.codec, recipe.data)
     if info.text_dim is not None and info.text_dim != recipe.model.text_dim:
         raise TrainingError(
             f"the shards hold text embeddings of width {info.text_dim} but model.text_dim is {recipe.model.text_dim}"
