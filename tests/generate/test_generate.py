@@ -151,19 +151,11 @@ def test_results_hold_one_line_per_output_and_shard_files_merge(tmp_path):
 
 
 def test_a_full_disk_is_a_clear_stop_with_nothing_half_written(tmp_path, checkpoint):
-    import subprocess
+    from tests.fixtures.filesystems import tmpfs
 
-    import pytest
-
-    full = tmp_path / "full"
-    full.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(full)], capture_output=True).returncode:
-        pytest.skip("needs to mount a small tmpfs (root)")
-    try:
+    with tmpfs(tmp_path / "full", size="24k") as full:
         prompts = write_csv(tmp_path / "p.csv", ["id,text", "dog,a dog barks"])
         result = invoke(prompts, "--checkpoint", checkpoint, "--out", full / "out", "--steps", "2", "--device", "cpu")
         assert result.exit_code == 1 and "No space left on device" in result.output
         assert "Traceback" not in result.output
         assert [p.name for p in (full / "out").iterdir()] == []  # no output under a final name, no temp file
-    finally:
-        subprocess.run(["umount", str(full)], check=True)

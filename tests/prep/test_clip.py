@@ -155,3 +155,12 @@ def test_every_file_of_a_folder_is_an_item(folder, tmp_path):
     rows = read_status(tmp_path / "out", "clips")
     assert {k: r["status"] for k, r in rows.items()} == {"song": "no_video", "notes": "decode_error"}
     assert result.exit_code == 1  # nothing could be clipped
+
+
+def test_a_read_only_root_is_a_clear_stop(folder, tmp_path):
+    from tests.fixtures.filesystems import tmpfs
+
+    with tmpfs(tmp_path / "ro", read_only=True) as root:
+        result = CliRunner().invoke(app, ["clip", str(folder), "--root", str(root), "--workers", "1"])
+    assert result.exit_code == 1 and "Read-only file system" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -182,3 +182,14 @@ def test_a_recipe_whose_codecs_differ_from_the_shards_is_refused_before_step_0(t
     fps.data.fps = 24
     with pytest.raises(ShardDataError, match=r"clips: the shards hold \{'fps': 17, .*the recipe's \[data\] says \{'fps': 24"):
         train(fps)
+
+
+def test_a_read_only_output_folder_is_a_clear_stop(tmp_path, shards):
+    from tests.fixtures.filesystems import tmpfs
+
+    with tmpfs(tmp_path / "ro", read_only=True) as ro:
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(recipe_to_toml(make_recipe(ro, shards, "ro")))
+        result = CliRunner().invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 1 and "Read-only file system" in result.output
+    assert isinstance(result.exception, SystemExit)
