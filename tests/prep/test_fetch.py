@@ -328,6 +328,9 @@ def test_cli_records_each_bad_manifest_row_and_fetches_the_rest(tmp_path):
     assert "line 4: id 'b/c'" in rows["line-4"]["error"] and "at most 200 characters" in rows["line-5"]["error"]
     assert "'nan' is not a time" in rows["e"]["error"] and "'1e300' is not a time" in rows["f"]["error"]
     assert "duplicate key '-a' (first on line 2)" in rows["line-9"]["error"]
+    manifest.write_text("id,url,start,end,label,split\ne,a.mp4,0,,,\n")  # corrected since
+    assert CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")]).exit_code == 0
+    assert read_status(tmp_path / "data", "fetch")["e"]["status"] == "local"
     manifest.write_bytes(b"id,url,start\nb,caf\xe9.mp4,0\n")
     result = CliRunner().invoke(app, ["fetch", str(manifest), "--root", str(tmp_path / "data")])
     assert result.exit_code == 2 and "not UTF-8 text (byte 18)" in result.output

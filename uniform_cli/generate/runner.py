@@ -217,8 +217,6 @@ def plan(rows: list[PromptRow], num_samples: int = 1, base_seed: int = 0,
 
 
 RESULTS = "results.jsonl"
-SETTINGS = ("text", "task", "video", "audio", "seed", "sampler", "steps", "cfg_video", "cfg_audio")
-"""The fields of a results line that make an output what it is (`--skip-existing` compares them)."""
 
 
 def results_path(out_dir: Path, shard: Shard) -> Path:
@@ -230,6 +228,8 @@ def read_results(out_dir: Path) -> dict[str, dict]:
     a rerun or another process replaced it); partial or broken lines are ignored."""
     best: dict[str, dict] = {}
     for path in sorted(Path(out_dir).glob("results*.jsonl")):
+        if path.is_symlink():  # planted: never read (and the next append refuses it)
+            continue
         for text in path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(text)
@@ -248,7 +248,7 @@ class ResultsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lines: dict[str, str] = {}
-        if path.is_file():
+        if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
             for text in data[: complete_prefix(data)].decode("utf-8", errors="replace").splitlines():
                 try:
@@ -287,7 +287,8 @@ def append_line(path: Path, text: str) -> None:
 
 
 def settings_of(item: "WorkItem", options: "RunOptions", defaults) -> dict:
-    """The SETTINGS an item's output gets with these options and the checkpoint's `[generate]` defaults."""
+    """What makes an item's output what it is, with these options and the checkpoint's `[generate]` defaults:
+    the fields of its results line that `--skip-existing` compares."""
     row = item.row
     return {
         "text": row.text,
@@ -442,8 +443,8 @@ class Selection:
 def select(items: Iterable[WorkItem], shard: Shard, out_dir: Path, skip_existing: bool,
            options: RunOptions | None = None, defaults=None) -> Selection:
     """This shard's items, minus those already done when `skip_existing`. An output that exists but whose
-    results line has other SETTINGS than these `options` and `defaults` would give is generated again and
-    listed in `changed`."""
+    results line has other settings (`settings_of`) than these `options` and `defaults` give is generated again
+    and listed in `changed`."""
     mine = [item for item in items if shard.owns(item.name)]
     out_dir = Path(out_dir)
     if not skip_existing or not out_dir.is_dir():

@@ -122,7 +122,7 @@ class ShardInfo:
             raise ShardDataError(
                 f"the recipe's [codec] or [data] differs from what encoded {', '.join(map(str, self.folders))}: "
                 + "; ".join(problems) + ". A model trained on them could not be decoded by the recipe's codecs: "
-                "set [codec] to what the shards hold, or encode the data again with the recipe's codecs"
+                "set [codec] and [data] to what the shards hold, or encode the data again with the recipe's settings"
             )
 
 

@@ -446,7 +446,7 @@ def fetch_item(item: ManifestItem, options: FetchOptions, limiter: RateLimiter) 
 
 def needs_fetch(status: str | None, retry_failed: bool) -> bool:
     """Whether a rerun fetches an item with this recorded status."""
-    if status is None:
+    if status is None or status == BAD_ROW:  # a row that is an item now was corrected since
         return True
     if status in DONE:
         return False

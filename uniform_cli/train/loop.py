@@ -137,9 +137,9 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     from uniform_cli.diffusion.schedule import make_schedule
     from uniform_cli.latents.loader import make_loader, shard_info
     from uniform_cli.model.uniform import build_model, num_tokens
+    from uniform_cli.progress import LogProgress
     from uniform_cli.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, step_tag
     from uniform_cli.train.ema import make_ema, update_ema
-    from uniform_cli.progress import LogProgress
     from uniform_cli.train.engine import build_engine, init_distributed
 
     cfg, data = recipe.train, recipe.data
@@ -286,7 +286,7 @@ def _built_ops() -> bool:
 def keep_metrics_until(path: Path, step: int) -> None:
     """Drop the records of steps after `step` (those a killed run logged after its last checkpoint, which the
     resumed run does again), so that metrics.jsonl holds each step once."""
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():  # a planted link is refused by the next append, never read
         return
     keep = []
     for text in path.read_text(encoding="utf-8").splitlines():
