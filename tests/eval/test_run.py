@@ -86,7 +86,7 @@ def test_fad_without_weights_is_a_clear_error(folders, tmp_path):
 
 def test_unknown_metric_is_an_error(folders):
     result = runner.invoke(app, ["eval", str(folders[0]), "--metrics", "fid"])
-    assert result.exit_code == 1 and "choose from" in result.output
+    assert result.exit_code == 2 and "choose from" in result.output
 
 
 def test_audio_metrics_from_local_weights(tmp_path, weights_dir):

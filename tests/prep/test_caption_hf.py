@@ -66,5 +66,5 @@ def test_hf_video_model_end_to_end(tmp_path):
 def test_hf_needs_a_model(tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", ["k1"])
     result = CliRunner().invoke(app, ["caption", str(manifest), "--root", str(tmp_path), "--captioner", "hf"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "needs --model" in result.output

@@ -80,9 +80,8 @@ def main(
             from uniform_cli.prep.captioners.hf import EXAMPLE_MODEL, HFCaptioner
 
             if not model:
-                raise CaptionError(
-                    f"--captioner hf needs --model (a hub id in the local cache or a folder), e.g. {EXAMPLE_MODEL}"
-                )
+                fail(f"--captioner hf needs --model (a hub id in the local cache or a folder), e.g. {EXAMPLE_MODEL}",
+                     USAGE)
             model_label = model
 
             def factory():
@@ -96,7 +95,7 @@ def main(
                     device=device,
                 )
         else:
-            raise CaptionError(f"--captioner must be pllava, labels or hf, not {captioner!r}")
+            fail(f"--captioner must be pllava, labels or hf, not {captioner!r}", USAGE)
         report = run_caption(
             manifest,
             root or default_root(manifest),

@@ -47,5 +47,7 @@ def main(
         fail("--train-per-kind, --test-per-kind and --t2av-samples must be at least 1", USAGE)
     try:
         run_demo(out, recipe, settings, console)
-    except (DemoError, ConfigError) as e:
+    except ConfigError as e:
+        fail(e, USAGE)
+    except DemoError as e:
         fail(e)

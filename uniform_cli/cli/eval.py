@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from uniform_cli.cli import fail
+from uniform_cli.cli import USAGE, fail
 
 
 def main(
@@ -43,6 +43,9 @@ def main(
     console = Console(stderr=True)
     try:
         names = parse_metrics(metrics) if metrics is not None else None
+    except EvalError as e:  # unknown metric names
+        fail(e, USAGE)
+    try:
         result = evaluate(
             generated_dir,
             reference,
