@@ -241,3 +241,18 @@ def test_an_audio_stream_without_packets_is_no_audio(tmp_path):
     assert err.value.status == "no_audio"
     clip = prepare_media(path, ClipSpec(fps=17, size=32), allow_silence=True)
     assert clip.silent and not clip.audio.any() and clip.video.shape == (68, 32, 32, 3)
+
+
+def test_32_channels_without_a_layout_are_downmixed(tmp_path):
+    import wave as wav
+
+    t = np.arange(16000 * 5) / 16000
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / "c32.wav"  # plain PCM WAV: no channel mask, so FFmpeg knows no layout for 32 channels
+    with wav.open(str(path), "wb") as w:
+        w.setnchannels(32)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.repeat(tone[:, None], 32, axis=1) * 32767).astype("<i2").tobytes())
+    clip = prepare_media(path, ClipSpec(fps=17, size=32), video=False)
+    np.testing.assert_allclose(clip.audio, tone[:64000], atol=2e-3)

@@ -27,7 +27,7 @@ class Server:
     /ok/*: always fine; /missing/*: 404; /forbidden/*: 403; /busy/*: 429 + Retry-After: 1 once, then fine;
     /flaky/*: 500 once, then fine; /down/*: always 503; /cut/*: the first ranged download is cut mid-file;
     /trickle/*: the headers, then a byte every 0.1 s (for at most 20 s); /stall/*: the headers, then nothing
-    (for at most 20 s).
+    (for at most 20 s); /page/*: an HTML page with three <video> tags (of /ok/).
     """
 
     def __init__(self, video: bytes):
@@ -54,6 +54,13 @@ class Server:
         first = self.hits[kind] == 1
         if kind == "missing":
             return h.send_error(404)
+        if kind == "page":  # a web page with several videos
+            html = "".join(f'<video src="/ok/v{i}.mp4"></video>' for i in range(3)).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html")
+            h.send_header("Content-Length", str(len(html)))
+            h.end_headers()
+            return h.wfile.write(html)
         if kind == "forbidden":
             return h.send_error(403)
         if kind == "down" or (kind == "flaky" and first):
@@ -343,3 +350,12 @@ def test_a_trickling_or_stalled_server_times_out_at_the_deadline(server, tmp_pat
     assert result.status == "timeout" and "longer than 2 s" in result.error
     assert time.monotonic() - t0 < 15  # the server would go on for 20 s
     assert not [p for p in (tmp_path / "raw").glob(".*")]  # the attempt's temp folder is gone
+
+
+def test_a_page_with_several_videos_gives_one_download(server, tmp_path):
+    before = [path for _, path in server.log]
+    result = F.fetch_item(ManifestItem("page", f"{server.base}/page/index.html", 0.0, None), options(tmp_path),
+                          F.RateLimiter(None))
+    assert result.status == "ok", result.error
+    fetched = {path for _, path in server.log[len(before):] if path.startswith("/ok/")}
+    assert fetched == {"/ok/v0.mp4"}

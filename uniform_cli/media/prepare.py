@@ -386,6 +386,24 @@ def _to_square_rgb(frame, sar: float, rotation: int, size: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- audio
 
 
+def _with_layout(frame):
+    """`frame` itself, or, when its channels have no layout (FFmpeg names it "32 channels": a WAV without a
+    channel mask), their mean as a mono frame, which FFmpeg's resampler refuses to make ("Invalid argument")."""
+    import av
+
+    if not frame.layout.name.endswith("channels"):
+        return frame
+    samples = frame.to_ndarray()
+    data = samples.astype(np.float32)
+    if np.issubdtype(samples.dtype, np.integer):
+        data /= float(np.iinfo(samples.dtype).max) + 1.0
+    channels = len(frame.layout.channels)
+    data = data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T  # C S
+    mono = av.AudioFrame.from_ndarray(data.mean(axis=0, keepdims=True), format="flt", layout="mono")
+    mono.sample_rate, mono.pts, mono.time_base = frame.sample_rate, frame.pts, frame.time_base
+    return mono
+
+
 def _read_audio(container, t0, spec, allow_short, slack, padded, deadline) -> np.ndarray:
     """Mono float32 at spec.sample_rate covering [t0, t0 + seconds) of the source timeline."""
     import av
@@ -425,7 +443,7 @@ def _read_audio(container, t0, spec, allow_short, slack, padded, deadline) -> np
         decoded = True
         if first_input is None and frame.pts is not None:
             first_input = float(frame.pts * frame.time_base)
-        for chunk in resampler.resample(frame):
+        for chunk in resampler.resample(_with_layout(frame)):
             done = place(chunk) or done
         if done:
             break
