@@ -37,7 +37,7 @@ FETCH_FIELDS = ["path", "offset", "start", "url", "attempts", "format"]
 
 # Status words. Permanent failures are skipped by a rerun (unless --retry-failed); the rest are retried.
 BAD_ROW = "bad_row"
-PERMANENT = {"unavailable", "private", "age_restricted", "geo_blocked", "forbidden", "bad_url", BAD_ROW}
+PERMANENT = {"unavailable", "private", "age_restricted", "geo_blocked", "forbidden", "bad_url"}
 RETRYABLE = {"rate_limited", "server_error", "network_error", "incomplete", "bot_check", "error", "timeout"}
 DONE = {OK, LOCAL}
 
