@@ -16,7 +16,7 @@ class LogProgress:
         self.total = total
         self.unit = unit
         self.every = every
-        self.start_done = done
+        self.done = self.start_done = done
         self.t0 = self.last = time.monotonic()
         self.bar = None
         if console.is_terminal:
@@ -27,7 +27,12 @@ class LogProgress:
             self.task = self.bar.add_task(label, total=total, completed=done, note="")
             self.bar.start()
 
+    def advance(self, n: int = 1) -> None:
+        """`n` more units done."""
+        self.update(self.done + n)
+
     def update(self, done: int, **fields: Any) -> None:
+        self.done = done
         note = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
         if self.bar is not None:
             self.bar.update(self.task, completed=done, note=note)

@@ -120,7 +120,7 @@ def main(
             folder, device=device, dtype=getattr(torch, DTYPES[dtype]) if dtype else None, codec=codec, compile=compile
         )
     except (PipelineError, CodecError, CheckpointError) as e:
-        fail(str(e), 1)
+        fail(e)
 
     try:
         if console.is_terminal:  # a clip bar and a denoising bar
@@ -132,15 +132,9 @@ def main(
                                    on_step=lambda done, total: progress.update(denoise, completed=done, total=total))
         else:  # a log: a plain line now and then
             plain = LogProgress(console, f"generate{shard_note}", len(todo), unit=" clips")
-            made = [0]
-
-            def on_batch(n: int) -> None:
-                made[0] += n
-                plain.update(made[0])
-
-            report = run_items(pipe, todo, out, options, part, on_batch=on_batch)
+            report = run_items(pipe, todo, out, options, part, on_batch=plain.advance)
     except (PipelineError, OSError) as e:
-        fail(str(e), 1)
+        fail(e)
 
     if part.count == 1:
         merge_results(Path(out))

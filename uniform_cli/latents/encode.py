@@ -35,8 +35,8 @@ from uniform_cli.latents.shards import (
     read_stats,
     recover_stats,
     set_aside_broken,
-    stable_id,
     shard_prefix,
+    stable_id,
     write_index,
 )
 from uniform_cli.media.io import MediaError, read_audio, read_video

@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from uniform_cli.atomic import write_text_atomic
+from uniform_cli.config import DataConfig
 from uniform_cli.prep.manifest import SAFE_KEY
 from uniform_cli.stage import Shard
 
@@ -134,17 +135,20 @@ class ShardStats:
             stats = cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as err:
             raise ShardFormatError(f"{path}: unreadable shard stats ({err}); delete it and its shard, then rerun encode") from err
-        if stats.file != path.name[: -len(STATS_SUFFIX)] or not SHARD_NAME.match(path.name[: -len(STATS_SUFFIX)]):
+        own = path.name[: -len(STATS_SUFFIX)]
+        if stats.file != own or not SHARD_NAME.match(own):
             raise ShardFormatError(
                 f"{path}: names the shard {stats.file!r}, but a stats file may only describe its own shard "
-                f"{path.name[: -len(STATS_SUFFIX)]!r}; this file was not written by `uniform encode`: delete it"
+                f"{own!r}; this file was not written by `uniform encode`: delete it"
             )
-        problem = stats._problem()
+        problem = stats.problem()
         if problem:
-            raise ShardFormatError(f"{path}: {problem}; this file was not written by `uniform encode`: delete it and its shard")
+            raise ShardFormatError(
+                f"{path}: {problem}; this file was not written by `uniform encode`: delete it and its shard"
+            )
         return stats
 
-    def _problem(self) -> str:
+    def problem(self) -> str:
         """What makes these stats impossible for a shard `uniform encode` wrote ('' when nothing)."""
         if not isinstance(self.split, str) or not SAFE_KEY.match(self.split):
             return f"split {self.split!r} is not a split name"
@@ -257,7 +261,7 @@ def recover_stats(folder: Path) -> list[ShardStats]:
                 created=time.time(),
                 size=tar.stat().st_size,
             )
-            problem = stats._problem()
+            problem = stats.problem()
         except (tarfile.TarError, OSError, ValueError, AttributeError) as err:
             problem = f"{type(err).__name__}: {err}"
         if problem:
@@ -338,10 +342,11 @@ def build_index(stats: list[ShardStats]) -> dict[str, Any]:
 def _codec_ids(codecs: dict[str, Any]) -> dict[str, Any]:
     """The parts of codec info that make latents (in)compatible: which codec and which weights, and the clip
     settings (fps, size, seconds, sample rate; absent in shards written before they were recorded)."""
-    return {**{part: (codecs.get(part) or {}).get("id") for part in ("video", "audio", "text")}, "clip": codecs.get("clip")}
+    ids = {part: (codecs.get(part) or {}).get("id") for part in ("video", "audio", "text")}
+    return {**ids, "clip": codecs.get("clip")}
 
 
-def clip_settings(data: Any) -> dict[str, Any]:
+def clip_settings(data: DataConfig) -> dict[str, Any]:
     """The clip format of a `[data]` table, as shards record it."""
     return {"fps": data.fps, "size": data.size, "seconds": data.seconds, "sample_rate": data.sample_rate}
 

@@ -15,7 +15,6 @@ import numpy as np
 
 from uniform_cli.atomic import atomic_path
 
-
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 """A leading `scheme:` (http:, data:, file:, concat:, pipe:, javascript: ...)."""
 

@@ -310,6 +310,7 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
     tmp = temp_beside(out.with_suffix(""))  # a folder for yt-dlp's parts; a killed run's is swept
     tmp.mkdir()
     late = threading.Event()
+    too_long = f"the download took longer than {options.deadline:g} s"
 
     def cut_off() -> None:  # the deadline passed: stop yt-dlp (its next progress hook) and its ffmpeg
         late.set()
@@ -317,7 +318,7 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
 
     def check_deadline(_status: dict) -> None:
         if late.is_set():
-            raise StageError("timeout", "deadline passed")
+            raise StageError("timeout", too_long)
 
     timer = threading.Timer(options.deadline, cut_off)
     timer.daemon = True
@@ -349,10 +350,10 @@ def download_once(item: ManifestItem, options: FetchOptions) -> tuple[Path, floa
                 info = ydl.extract_info(item.url, download=True)
         except Exception:
             if late.is_set():
-                raise StageError("timeout", f"the download took longer than {options.deadline:g} s") from None
+                raise StageError("timeout", too_long) from None
             raise
         if late.is_set():
-            raise StageError("timeout", f"the download took longer than {options.deadline:g} s")
+            raise StageError("timeout", too_long)
         produced = sorted(Path(tmp).glob("media.*"))
         produced = [p for p in produced if p.suffix == ".mp4"] or produced
         if not produced:

@@ -115,8 +115,11 @@ def read_manifest_rows(path: str | Path) -> tuple[list[ManifestItem], list[BadRo
 
 
 def _time(text: str, what: str) -> float:
-    """A time in seconds: a finite number in [0, MAX_SECONDS]."""
-    value = float(text)
+    """A time in seconds: a finite number in [0, MAX_SECONDS]; ValueError saying which it is not."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number") from None
     if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
         raise ValueError(f"{what} {text!r} is not a time between 0 and {MAX_SECONDS:g} s")
     return value
@@ -126,7 +129,8 @@ def _read_vggsound(rows: list[tuple[int, list[str]]]) -> tuple[list[tuple[int, M
     items, bad = [], []
     for line, row in rows:
         if len(row) != 4:
-            bad.append(BadRow(line, None, f"expected youtube_id,start_seconds,label,split, got {len(row)} fields: {row}"))
+            bad.append(BadRow(line, None, f"expected youtube_id,start_seconds,label,split, got {len(row)} fields: "
+                                          f"{row}"))
             continue
         vid, start, label, split = (c.strip() for c in row)
         if not YOUTUBE_ID.match(vid):
@@ -135,12 +139,17 @@ def _read_vggsound(rows: list[tuple[int, list[str]]]) -> tuple[list[tuple[int, M
         try:
             start_s = _time(start, "start")
         except ValueError as err:
-            bad.append(BadRow(line, None, str(err) if "time" in str(err) else f"start {start!r} is not a number"))
+            bad.append(BadRow(line, None, str(err)))
             continue
-        key = youtube_key(vid, start_s)
-        # VGGSound segments are 10 s long
-        items.append((line, ManifestItem(key, f"https://www.youtube.com/watch?v={vid}", start_s, start_s + 10.0,
-                                         label, split)))
+        item = ManifestItem(
+            key=youtube_key(vid, start_s),
+            url=f"https://www.youtube.com/watch?v={vid}",
+            start=start_s,
+            end=start_s + 10.0,  # VGGSound segments are 10 s long
+            label=label,
+            split=split,
+        )
+        items.append((line, item))
     return items, bad
 
 
@@ -175,8 +184,7 @@ def _read_toolkit(rows: list[tuple[int, list[str]]], path: Path) -> tuple[list[t
             start = _time(rec["start"] or "0", "start")
             end = _time(rec["end"], "end") if rec.get("end") else None
         except ValueError as err:
-            reason = str(err) if "time" in str(err) else f"start/end must be numbers, got {rec['start']!r}/{rec.get('end')!r}"
-            bad.append(BadRow(line, key, reason))
+            bad.append(BadRow(line, key, str(err)))
             continue
         if end is not None and end <= start:
             bad.append(BadRow(line, key, f"bad time range start={start} end={end}"))
