@@ -1,11 +1,14 @@
 """Media files: lossless clips repeat exactly, whichever process writes them; only local files are decoded."""
 
+import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from uniform_cli.media.io import read_video
+from uniform_cli.media.io import MediaError, local_file, read_audio, read_video
+from uniform_cli.media.prepare import PrepareError, probe
 
 CLIP = """
 import sys
@@ -38,13 +41,6 @@ def test_lossless_clips_decode_to_the_same_frames_every_time(tmp_path):
 
 
 def test_decoders_refuse_schemes_and_non_files_without_looking_them_up(tmp_path, monkeypatch):
-    import os
-
-    import pytest
-
-    from uniform_cli.media.io import MediaError, local_file, read_audio
-    from uniform_cli.media.prepare import PrepareError, probe
-
     monkeypatch.chdir(tmp_path)
     for name in ("data:video/mp4;base64,AAAA", "file:clip.mp4", "javascript:alert(1)", "concat:a.mp4|b.mp4"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -179,8 +180,6 @@ def test_other_clip_specs(corpus):
 
 def test_frames_are_converted_as_they_are_decoded_and_never_kept(tmp_path):
     """Memory follows the clip, not the source (benchmarks/prepare_memory.py: 8000 x 8000 source, 6.8 -> 0.7 GB)."""
-    import av
-
     from uniform_cli.media.prepare import _pick_frames
 
     source = make_media(tmp_path / "s.mp4", seconds=2.0, fps=24, audio=False)
@@ -203,8 +202,6 @@ def test_frames_are_converted_as_they_are_decoded_and_never_kept(tmp_path):
 
 
 def test_nan_audio_is_a_bad_audio_record_not_an_encoder_abort(tmp_path):
-    import av
-
     path = tmp_path / "nan.wav"
     wave = np.sin(np.arange(16000 * 5, dtype=np.float32) / 10)
     wave[1000:1010] = np.nan
@@ -222,8 +219,6 @@ def test_nan_audio_is_a_bad_audio_record_not_an_encoder_abort(tmp_path):
 
 
 def test_an_audio_stream_without_packets_is_no_audio(tmp_path):
-    import av
-
     path = tmp_path / "empty_audio.mkv"  # Matroska keeps a declared stream that never got a packet
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=17)
