@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from uniform_cli.media.prepare import ClipSpec  # noqa: E402
+from uniform_cli.config import ClipSpec  # noqa: E402
 from uniform_cli.prep.clip import ClipJob, ClipOptions, clip_item  # noqa: E402
 
 START = 3.0

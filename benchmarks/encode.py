@@ -78,9 +78,9 @@ def read_throughput(folder: Path, clips: int, workers: int) -> float:
     data = DataConfig()
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8).repeat(8, 1).repeat(8, 2)
-    frames = (base + np.arange(data.num_frames, dtype=np.uint8)[:, None, None, None] * 3).astype(np.uint8)
+    frames = (base + np.arange(data.frames, dtype=np.uint8)[:, None, None, None] * 3).astype(np.uint8)
     write_mp4(folder / "clip.mp4", frames, data.fps)
-    write_wav(folder / "clip.wav", 0.3 * np.sin(np.arange(data.num_samples) * 0.05), data.sample_rate)
+    write_wav(folder / "clip.wav", 0.3 * np.sin(np.arange(data.samples) * 0.05), data.sample_rate)
     job = Job("clip", "train", "", folder / "clip.mp4", folder / "clip.wav", "", {})
     t0 = time.perf_counter()
     for _, clip in read_ahead([job] * clips, lambda j: read_clip(j, data), workers, 2 * workers):
@@ -120,8 +120,8 @@ def main() -> None:
         batch = [
             Clip(
                 job,
-                rng.integers(0, 256, (data.num_frames, data.size, data.size, 3), dtype=np.uint8),
-                (rng.random(data.num_samples, dtype=np.float32) * 2 - 1) * 0.5,
+                rng.integers(0, 256, (data.frames, data.size, data.size, 3), dtype=np.uint8),
+                (rng.random(data.samples, dtype=np.float32) * 2 - 1) * 0.5,
                 float(data.fps),
             )
             for _ in range(args.batch_size)

@@ -25,8 +25,8 @@ import torch
 from uniform_cli.config import DiffusionConfig, GenerateConfig
 from uniform_cli.diffusion.schedule import make_schedule
 from uniform_cli.generate.pipeline import UniFormPipeline, peak_memory_bytes
-from uniform_cli.media.prepare import ClipSpec
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.config import ClipSpec
+from uniform_cli.config import PRESETS
 from uniform_cli.model.uniform import build_model, compile_blocks, num_parameters
 from uniform_cli.types import Task
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.config import PRESETS
 from uniform_cli.model.uniform import build_model, compile_blocks, flops_per_sample, num_parameters, num_tokens
 from uniform_cli.types import Latents
 

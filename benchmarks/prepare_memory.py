@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PREPARE = """
 import json, re, sys
 from pathlib import Path
-from uniform_cli.media.prepare import ClipSpec, prepare_media
+from uniform_cli.config import ClipSpec
+from uniform_cli.media.prepare import prepare_media
 clip = prepare_media(sys.argv[1], ClipSpec(fps=17, size=256, seconds=4.0), audio=False)
 peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 print(json.dumps({"frames": list(clip.video.shape), "peak_rss_gb": round(peak_kb / 2**20, 3)}))

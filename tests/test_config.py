@@ -20,7 +20,7 @@ def test_multitask_recipe_is_the_paper():
     assert (r.model.hidden_size, r.model.depth, r.model.num_heads) == (1152, 28, 16)
     assert (r.train.batch_size, r.train.lr, r.train.warmup_steps) == (32, 1e-4, 1000)
     assert r.data.text_drop == 0.5
-    assert (r.data.fps, r.data.size, r.data.num_frames, r.data.num_samples) == (17, 256, 68, 64000)
+    assert (r.data.fps, r.data.size, r.data.frames, r.data.samples) == (17, 256, 68, 64000)
     assert r.diffusion.num_timesteps == 1000
 
 

@@ -2,7 +2,7 @@
 
 A recipe is one TOML file with the tables `[model]`, `[diffusion]`, `[codec]`, `[data]`, `[train]`,
 `[generate]` and a raw `[deepspeed]` table passed through to DeepSpeed. `[model] preset = "XL/2"` starts
-from a named preset (see `uniform_cli.model.presets`) and the other keys of the table override it.
+from a named preset (`PRESETS`) and the other keys of the table override it.
 Each part of the toolkit receives only its own section (`build_model(recipe.model)`).
 """
 
@@ -72,6 +72,47 @@ class ModelConfig:
             )
 
 
+PRESETS: dict[str, ModelConfig] = {
+    # Tiny: a training step on a laptop CPU in well under a second; shapes keep the paper's ratios
+    # (Cv=4, Ca=8, 5 audio rows per video frame) so every packing path is exercised.
+    "debug": ModelConfig(
+        preset="debug",
+        hidden_size=64,
+        depth=2,
+        num_heads=4,
+        video_latent=(4, 4, 8, 8),
+        audio_latent=(8, 20, 4),
+        text_dim=32,
+        text_len=16,
+    ),
+    # The demo (`uniform demo`, recipes/demo.toml): trains in minutes on a 2-core CPU. Latents of the weight-free
+    # codecs for 32 x 32, 68-frame clips: "pixel" video [24, 20, 4, 4] and "mel" audio [16, 100, 4]; 32-wide
+    # "hash" word embeddings of captions of at most 8 words. 240 tokens per clip.
+    "demo": ModelConfig(
+        preset="demo",
+        hidden_size=128,
+        depth=2,
+        num_heads=4,
+        video_latent=(24, 20, 4, 4),
+        audio_latent=(16, 100, 4),
+        text_dim=32,
+        text_len=8,
+    ),
+    # The paper: STDiT3-XL/2 over Open-Sora VAE v1.2 and AudioLDM VAE latents of a 4 s clip, T5-XXL text.
+    "XL/2": ModelConfig(
+        preset="XL/2",
+        hidden_size=1152,
+        depth=28,
+        num_heads=16,
+        video_latent=(4, 20, 32, 32),
+        audio_latent=(8, 100, 16),
+        text_dim=4096,
+        text_len=300,
+    ),
+}
+"""Named model presets: `[model] preset = NAME` starts from one of these."""
+
+
 PREDICTIONS = ("eps", "v", "x0")
 """What a model can be trained to predict (`diffusion.prediction`)."""
 
@@ -116,9 +157,9 @@ class CodecConfig:
     """Text encoder: hub id or folder of a transformers encoder and its tokenizer; "none" for no text."""
 
 
-@dataclass
-class DataConfig:
-    """Media settings and the training data."""
+@dataclass(frozen=True)
+class ClipSpec:
+    """What a prepared clip looks like (the paper: 17 fps, 256 x 256, 4 s, 16 kHz): the clip part of `[data]`."""
 
     fps: int = 17
     """Frames per second of clips."""
@@ -128,6 +169,32 @@ class DataConfig:
     """Clip length in seconds."""
     sample_rate: int = 16000
     """Audio sample rate of clips."""
+
+    def __post_init__(self) -> None:
+        for name in ("fps", "size", "seconds", "sample_rate"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"data.{name} must be positive, not {getattr(self, name)}")
+
+    @property
+    def frames(self) -> int:
+        """Frames per clip (68 for 17 fps x 4 s)."""
+        return round(self.fps * self.seconds)
+
+    @property
+    def samples(self) -> int:
+        """Audio samples per clip (64,000 for 16 kHz x 4 s)."""
+        return round(self.sample_rate * self.seconds)
+
+    @property
+    def tag(self) -> str:
+        """A short text naming the spec, e.g. `17fps-256px-4s-16000Hz` (status tables record it)."""
+        return f"{self.fps}fps-{self.size}px-{self.seconds:g}s-{self.sample_rate}Hz"
+
+
+@dataclass(frozen=True)
+class DataConfig(ClipSpec):
+    """The clip format (`ClipSpec`'s fields) and the training data."""
+
     shards: list[str] = field(default_factory=list)
     """Shard folders written by `uniform encode` (each holds index.json)."""
     task_weights: dict[str, float] = field(default_factory=lambda: {"t2av": 1.0, "a2v": 1.0, "v2a": 1.0})
@@ -142,6 +209,7 @@ class DataConfig:
     """Samples held for shuffling."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = set(self.task_weights) - {"t2av", "a2v", "v2a"}
         if unknown:
             raise ConfigError(f"data.task_weights has unknown tasks {sorted(unknown)}; use t2av, a2v, v2a")
@@ -151,12 +219,9 @@ class DataConfig:
             raise ConfigError(f"data.text_drop must lie in [0, 1], not {self.text_drop}")
 
     @property
-    def num_frames(self) -> int:
-        return round(self.fps * self.seconds)
-
-    @property
-    def num_samples(self) -> int:
-        return round(self.sample_rate * self.seconds)
+    def clip(self) -> ClipSpec:
+        """The clip format alone (what `prepare_media` and the codecs take)."""
+        return ClipSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ClipSpec)})
 
 
 @dataclass
@@ -295,8 +360,6 @@ def model_config_from_dict(data: dict[str, Any], where: str) -> ModelConfig:
 
 
 def _model_from_table(table: dict[str, Any], where: str) -> ModelConfig:
-    from uniform_cli.model.presets import PRESETS  # the one dict of named presets
-
     name = table.get("preset", ModelConfig.preset)
     if name not in PRESETS:
         raise ConfigError(f"{where}.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

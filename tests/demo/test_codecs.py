@@ -14,7 +14,7 @@ from uniform_cli.latents.pixel import PixelCodec
 from uniform_cli.latents.text import HashTextEncoder, TextEncoder
 from uniform_cli.media import mel as melspec
 from uniform_cli.model.packing import AudibleFrameLayout
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.config import PRESETS
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
 CLIP = WorldSpec(width=64, height=64, fps=17.0, sample_rate=16000, seconds=4.0, start=0.0, clip_seconds=4.0)
@@ -25,8 +25,8 @@ def test_recipe_selects_the_codecs_and_their_latents_fit_the_demo_preset():
     video, audio = build_video_codec(recipe.codec), build_audio_codec(recipe.codec)
     assert isinstance(video, PixelCodec) and isinstance(audio, MelCodec)
     d = recipe.data
-    assert video.latent_shape(d.num_frames, d.size, d.size) == recipe.model.video_latent == (24, 20, 4, 4)
-    assert audio.latent_shape(d.num_samples) == recipe.model.audio_latent == (16, 100, 4)
+    assert video.latent_shape(d.frames, d.size, d.size) == recipe.model.video_latent == (24, 20, 4, 4)
+    assert audio.latent_shape(d.samples) == recipe.model.audio_latent == (16, 100, 4)
     assert recipe.model == PRESETS["demo"]
     layout = AudibleFrameLayout.from_config(recipe.model)  # raises PackingError when the shapes do not fit
     # per latent frame: 2 x 2 video tokens | a 5-row audio strip padded to 6 wide -> 3 x 2 | task 1 x 2

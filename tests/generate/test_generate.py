@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from uniform_cli.cli.main import app
 from uniform_cli.media.io import read_audio, read_video
-from uniform_cli.media.prepare import ClipSpec, prepare_media
+from uniform_cli.config import ClipSpec
+from uniform_cli.media.prepare import prepare_media
 from tests.fixtures.checkpoint import TINY_SIZE
 
 SPEC = ClipSpec(fps=17, size=TINY_SIZE, seconds=4.0, sample_rate=16000)

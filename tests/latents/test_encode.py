@@ -54,7 +54,7 @@ def make_dataset(
     clips = StatusTable(root / "clips.csv", ["video", "audio", "label", "split"])
     captions = StatusTable(root / "captions.csv", ["text", "captioner", "model"])
     manifest = ["id,url,start,end,label,split"]
-    t = np.arange(data.num_samples) / data.sample_rate
+    t = np.arange(data.samples) / data.sample_rate
     for i, key in enumerate(keys):
         video, audio = root / "clips" / f"{key}.mp4", root / "clips" / f"{key}.wav"
         video.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +63,8 @@ def make_dataset(
         else:
             side = data.size // 16 if key in too_small else data.size // 8
             base = rng.integers(0, 255, (1, side, side, 3)).astype(np.uint8)
-            frames = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2).repeat(data.num_frames, axis=0)
-            frames = (frames + np.arange(data.num_frames)[:, None, None, None] * 3).astype(np.uint8)
+            frames = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2).repeat(data.frames, axis=0)
+            frames = (frames + np.arange(data.frames)[:, None, None, None] * 3).astype(np.uint8)
             write_mp4(video, frames, data.fps)
         write_wav(audio, 0.3 * np.sin(2 * np.pi * (220 + 40 * i) * t), data.sample_rate)
         split = (splits or {}).get(key, "train")

@@ -13,7 +13,8 @@ from uniform_cli.media.prepare import PrepareError, probe
 CLIP = """
 import sys
 from uniform_cli.media.io import read_video, write_mp4
-from uniform_cli.media.prepare import ClipSpec, prepare_media
+from uniform_cli.config import ClipSpec
+from uniform_cli.media.prepare import prepare_media
 clip = prepare_media(sys.argv[1], ClipSpec(fps=17, size=32, seconds=4.0, sample_rate=16000), start=0.5)
 for path in sys.argv[2:]:  # one worker writing clip after clip, and reading in between, as `uniform clip` does
     write_mp4(path, clip.video, 17, clip.audio, 16000, crf=0)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tests.fixtures.av_corpus import make_media
-from uniform_cli.media.prepare import ClipSpec, PrepareError, prepare_media, scaled_size
+from uniform_cli.config import ClipSpec
+from uniform_cli.media.prepare import PrepareError, prepare_media, scaled_size
 
 SPEC = ClipSpec()  # 17 fps, 256 px, 4 s, 16 kHz
 FLASH = 2.0  # seconds into the source where a white frame and a click happen together

@@ -14,7 +14,7 @@ from uniform_cli.model.packing import (
     token_kinds,
     unpack_audible_frames,
 )
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.config import PRESETS
 from uniform_cli.types import Task
 
 

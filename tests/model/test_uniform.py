@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from uniform_cli.model.layers import apply_rope, rope_cos_sin
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.config import PRESETS
 from uniform_cli.model.uniform import build_model, flops_per_sample, num_parameters, num_tokens
 from uniform_cli.types import Latents, Task
 

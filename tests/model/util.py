@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from uniform_cli.config import ModelConfig
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.config import PRESETS
 from uniform_cli.model.uniform import UniForm, build_model
 from uniform_cli.types import Latents
 

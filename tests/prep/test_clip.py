@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from tests.fixtures.av_corpus import make_media
 from uniform_cli.cli.main import app
 from uniform_cli.media.io import read_video
-from uniform_cli.media.prepare import ClipSpec
+from uniform_cli.config import ClipSpec
 from uniform_cli.prep.clip import ClipOptions, clip_paths, run_clip
 from uniform_cli.prep.manifest import ManifestItem, folder_items
 from uniform_cli.stage import FailureGuard, read_status

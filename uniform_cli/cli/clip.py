@@ -36,7 +36,7 @@ def main(
     Examples: uniform clip manifests/vggsound.csv --workers 8
               uniform clip my_videos/ --root data/mine
     """
-    from uniform_cli.media.prepare import ClipSpec
+    from uniform_cli.config import ClipSpec
     from uniform_cli.prep.clip import ClipOptions, run_clip
     from uniform_cli.prep.manifest import ManifestError, default_root, read_items
     from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard, print_summary, timer

@@ -51,7 +51,6 @@ def main(
     from uniform_cli.generate.pipeline import (
         PipelineError,
         UniFormPipeline,
-        clip_spec,
         read_checkpoint_recipe,
         resolve_checkpoint,
         with_codec_overrides,
@@ -87,7 +86,7 @@ def main(
         part = parse_shard(shard)
         folder = resolve_checkpoint(checkpoint)
         recipe = read_checkpoint_recipe(folder)
-        spec = clip_spec(recipe)
+        spec = recipe.data.clip
         rows = read_prompts(prompts, default_task, spec)
         items = plan(rows, num_samples, recipe.generate.seed if seed is None else seed, source=prompts)
     except (PromptsError, PipelineError, ValueError) as e:

@@ -23,8 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from uniform_cli.config import CodecConfig, ConfigError, GenerateConfig, Recipe, recipe_from_dict
-from uniform_cli.media.prepare import ClipSpec
+from uniform_cli.config import ClipSpec, CodecConfig, ConfigError, GenerateConfig, Recipe, recipe_from_dict
 from uniform_cli.types import Latents, Task
 
 if sys.version_info >= (3, 11):
@@ -96,12 +95,6 @@ def read_checkpoint_recipe(path: str | Path) -> Recipe:
         raise PipelineError(str(e)) from None
 
 
-def clip_spec(recipe: Recipe) -> ClipSpec:
-    """The prepared-clip format a checkpoint was trained on (`[data]` fps, size, seconds, sample_rate)."""
-    d = recipe.data
-    return ClipSpec(fps=d.fps, size=d.size, seconds=d.seconds, sample_rate=d.sample_rate)
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -171,7 +164,7 @@ class UniFormPipeline:
             text_encoder = TextEncoder.from_pretrained(codec.text_encoder, max_length=model.cfg.text_len,
                                                        device=device, dtype=dtype)
         return cls(model, make_schedule(recipe.diffusion), video_codec, audio_codec, text_encoder,
-                   clip_spec(recipe), recipe.generate, device, dtype, checkpoint=folder)
+                   recipe.data.clip, recipe.generate, device, dtype, checkpoint=folder)
 
     # -- checks ---------------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator
 
 from uniform_cli.atomic import complete_prefix, open_append, sweep_temp, write_text_atomic
 from uniform_cli.media.io import URL_SCHEME
-from uniform_cli.media.prepare import ClipSpec
+from uniform_cli.config import ClipSpec
 from uniform_cli.stage import Shard
 from uniform_cli.types import Task
 

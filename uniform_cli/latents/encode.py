@@ -129,14 +129,14 @@ def read_clip(job: Job, data: DataConfig) -> Clip:
         wave, rate = read_audio(job.audio_path)
     except MediaError as e:
         raise StageError("corrupt", str(e)) from None
-    want = (data.num_frames, data.size, data.size, 3)
+    want = (data.frames, data.size, data.size, 3)
     problems = []
     if frames.shape != want:
         problems.append(f"video is {'x'.join(map(str, frames.shape))}, expected {'x'.join(map(str, want))}")
     if abs(fps - data.fps) > 0.01:
         problems.append(f"video runs at {fps:g} fps, expected {data.fps}")
-    if rate != data.sample_rate or wave.shape != (data.num_samples,):
-        problems.append(f"audio is {wave.shape[0]} samples at {rate} Hz, expected {data.num_samples} at {data.sample_rate} Hz")
+    if rate != data.sample_rate or wave.shape != (data.samples,):
+        problems.append(f"audio is {wave.shape[0]} samples at {rate} Hz, expected {data.samples} at {data.sample_rate} Hz")
     if problems:
         raise StageError("bad_clip", f"{job.key}: " + "; ".join(problems) + " (rerun `uniform clip` for this key)")
     return Clip(job, frames, wave, fps)

@@ -27,6 +27,7 @@ files: each is written atomically by the one process that wrote its shard, so pr
 from __future__ import annotations
 
 import io
+import dataclasses
 import json
 import re
 import tarfile
@@ -348,7 +349,7 @@ def _codec_ids(codecs: dict[str, Any]) -> dict[str, Any]:
 
 def clip_settings(data: DataConfig) -> dict[str, Any]:
     """The clip format of a `[data]` table, as shards record it."""
-    return {"fps": data.fps, "size": data.size, "seconds": data.seconds, "sample_rate": data.sample_rate}
+    return dataclasses.asdict(data.clip)
 
 
 def write_index(folder: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from uniform_cli.config import ClipSpec
 from uniform_cli.stage import StageError
 
 # Status words (the ones a status table records).
@@ -37,35 +38,6 @@ _TIME_EPS = 1e-3  # container timestamps are rounded to their time base; 1 ms ab
 
 class PrepareError(StageError):
     """A file that cannot become a clip; `status` says why (see the module docstring)."""
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What a prepared clip looks like (the paper: 17 fps, 256 x 256, 4 s, 16 kHz)."""
-
-    fps: int = 17
-    size: int = 256
-    seconds: float = 4.0
-    sample_rate: int = 16000
-
-    def __post_init__(self) -> None:
-        if self.fps <= 0 or self.size <= 0 or self.seconds <= 0 or self.sample_rate <= 0:
-            raise ValueError(f"clip spec needs positive fps, size, seconds and sample rate, got {self}")
-
-    @property
-    def frames(self) -> int:
-        """Frames per clip (68 for 17 fps x 4 s)."""
-        return round(self.fps * self.seconds)
-
-    @property
-    def samples(self) -> int:
-        """Audio samples per clip (64,000 for 16 kHz x 4 s)."""
-        return round(self.sample_rate * self.seconds)
-
-    @property
-    def tag(self) -> str:
-        """A short text naming the spec, e.g. `17fps-256px-4s-16000Hz` (status tables record it)."""
-        return f"{self.fps}fps-{self.size}px-{self.seconds:g}s-{self.sample_rate}Hz"
 
 
 @dataclass

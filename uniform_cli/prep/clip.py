@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uniform_cli.atomic import sweep_temp
-from uniform_cli.media.prepare import ClipSpec, prepare_media
+from uniform_cli.config import ClipSpec
+from uniform_cli.media.prepare import prepare_media
 from uniform_cli.prep.manifest import ManifestItem
 from uniform_cli.stage import OK, ItemResult, StageError
 
