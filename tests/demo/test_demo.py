@@ -74,6 +74,13 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     assert set(summary["seconds"]) >= {"world", "clip", "caption", "encode", "train", "generate", "eval", "total"}
     assert "total" in result.output
 
+    # recipes/debug.toml trains on the shards the quick demo writes, as its header says
+    debug = Path(__file__).parents[2] / "recipes" / "debug.toml"
+    result = CliRunner().invoke(app, ["train", str(debug), "--set", f"data.shards=['{out / 'data' / 'shards'}']",
+                                      "--set", f"train.output_dir='{tmp_path / 'runs'}'", "--set", "train.steps=2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "debug" / "checkpoints" / "latest" / "model.safetensors").is_file()
+
 
 def test_demo_counts_must_be_positive(tmp_path: Path):
     from typer.testing import CliRunner

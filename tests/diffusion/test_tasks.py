@@ -1,4 +1,4 @@
-"""Task masks follow the table of DESIGN §3."""
+"""Task masks follow the table in uniform_cli.diffusion.tasks."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Tasks as masks: which modality of each sample is generated and which is given (DESIGN §3).
+"""Tasks as masks: which modality of each sample is generated and which is given.
 
 | task | generated    | given        |
 |------|--------------|--------------|

@@ -144,8 +144,6 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-from_pretrained = load_pretrained
-
 
 def _check_keys(expected: set[str], present: set[str], source: str, ignorable: set[str] = frozenset()) -> None:
     missing = sorted(expected - present)

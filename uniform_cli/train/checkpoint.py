@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from uniform_cli.atomic import write_text_atomic
 
 STATE_FILE = "trainer_state.json"
 
@@ -113,7 +112,3 @@ def load_checkpoint(engine, ema, folder: Path, rank: int) -> dict[str, Any]:
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return json.loads((folder / STATE_FILE).read_text())
-
-
-def write_state_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1))
