@@ -135,6 +135,45 @@ def test_batched_left_padded_generation_equals_one_by_one(pllava_dir):
         assert batched[i, : alone.shape[1]].tolist() == alone[0].tolist()
 
 
+def greedy_without_cache(model, ids, pixels, steps, eos):
+    """Reference greedy decode of one unpadded prompt `1 L`: the whole forward is rerun on the prompt plus the
+    tokens so far at every step (no KV cache, no padding) and the last position's argmax is appended."""
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = model(ids, torch.ones_like(ids), pixels)[0, -1].argmax().item()
+            out.append(token)
+            if token == eos:
+                break
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return out
+
+
+def test_generate_equals_greedy_decode_without_cache(pllava_dir):
+    model, tokenizer, _, _ = load_pllava(str(pllava_dir), pooling_shape=TINY_POOLING, device="cpu")
+    # A short and a long prompt: the short one is left padded by many tokens, enough to change its continuation
+    # if the padding were attended to.
+    prompts = [
+        "USER:<image> ASSISTANT:",
+        "USER:<image> Describe the video in details. Pay attention to all objects in the video. ASSISTANT:",
+    ]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    ids, mask = enc.input_ids, enc.attention_mask
+    pixels = torch.randn(2, 4, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    rows = [ids[i : i + 1, mask[i].bool()] for i in range(2)]
+    steps = 12
+    free = [greedy_without_cache(model, rows[i], pixels[i : i + 1], steps, eos=-1) for i in range(2)]
+    # Stop the long row on a token the padded row never produces: the padded row's whole continuation is
+    # compared, and the row that ended must be filled with pad ids.
+    eos = next(t for t in free[1] if t not in free[0])
+    want = [greedy_without_cache(model, rows[i], pixels[i : i + 1], steps, eos) for i in range(2)]
+    assert len(want[0]) == steps and len(want[1]) < steps
+    pad = model.settings.pad_token_id
+    got = model.generate(ids, mask, pixels, steps, eos)
+    assert got.tolist() == [row + [pad] * (steps - len(row)) for row in want]
+
+
 def test_missing_model_says_what_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

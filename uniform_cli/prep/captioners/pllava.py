@@ -132,10 +132,21 @@ class PllavaForCaptioning(nn.Module):
         max_new_tokens: int,
         eos_token_id: int,
     ) -> torch.Tensor:
-        """Greedy continuation `B T` (T <= max_new_tokens); rows that ended hold pad ids after their eos."""
+        """Greedy continuation `B T` (T <= max_new_tokens); rows that ended hold pad ids after their eos.
+
+        Decoding is transformers' own `generate` on the spliced prompt embeddings, so its logits processors,
+        stopping criteria and cache implementations apply; it derives the same left-padding-aware position ids
+        as `forward` from the mask.
+        """
         embeds, mask = self.embed(input_ids, attention_mask, pixels)
-        return greedy_generate(
-            self.language_model, embeds, mask, max_new_tokens, eos_token_id, self.settings.pad_token_id
+        return self.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos_token_id,
+            pad_token_id=self.settings.pad_token_id,
         )
 
 
@@ -157,41 +168,6 @@ def splice_video(
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 at each row's first real token (left padding gets 0)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def greedy_generate(
-    lm: nn.Module,
-    embeds: torch.Tensor,
-    mask: torch.Tensor,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-) -> torch.Tensor:
-    """Greedy decoding with a KV cache from prompt embeddings `B L D` (left padded) -> tokens `B T`."""
-    from transformers import DynamicCache
-
-    cache = {cache_argument(lm): DynamicCache(config=lm.config)}  # filled in place by every forward
-    pos = positions(mask)
-    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **cache)
-    done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
-    tokens = []
-    for step in range(max_new_tokens):
-        nxt = out.logits[:, -1].argmax(-1).masked_fill(done, pad_token_id)
-        tokens.append(nxt)
-        done |= nxt == eos_token_id
-        if step == max_new_tokens - 1 or bool(done.all()):
-            break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        pos = pos[:, -1:] + 1
-        out = lm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **cache)
-    return torch.stack(tokens, dim=1)
-
-
-def cache_argument(lm: nn.Module) -> str:
-    """The KV-cache keyword of the LLM's forward (`cache` in newer transformers, `past_key_values` before)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 # ----------------------------------------------------------------------------------------------- converter
@@ -300,7 +276,7 @@ def configs_from_json(config: dict, pooling_shape: tuple[int, int, int]):
 
 
 @contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+def torch_default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Build modules directly in `dtype` (no float32 copy of a 7B model first)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -315,7 +291,7 @@ def build_pllava(
 ) -> PllavaForCaptioning:
     """A randomly initialised PllavaForCaptioning for `config` on `device` (weights are loaded next)."""
     vision, text, settings = configs_from_json(config, pooling_shape)
-    with torch.device(device), default_dtype(dtype):
+    with torch.device(device), torch_default_dtype(dtype):
         return PllavaForCaptioning(vision, text, settings).eval()
 
 
