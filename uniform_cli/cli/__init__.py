@@ -5,12 +5,34 @@ N after saving a checkpoint (130 for Ctrl-C, 143 for SIGTERM)."""
 
 from __future__ import annotations
 
-from typing import Mapping, NoReturn
+from collections.abc import Mapping
+from typing import NoReturn
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 USAGE = 2
 FAILED = 1
+
+
+class Command(TyperCommand):
+    """A subcommand whose help names each argument in capitals: `Usage: uniform train [OPTIONS] RECIPE`.
+
+    This typer writes a required argument as `{recipe}` in the usage line, whatever its metavar."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = param.name.upper()  # also names it in the Arguments list and in errors
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar if param.required else f"[{param.metavar}]"
+                pieces.append(name if param.nargs == 1 else f"{name}...")
+        return pieces
 
 
 def fail(message: object, code: int = FAILED) -> NoReturn:
