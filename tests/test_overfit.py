@@ -1,18 +1,22 @@
-"""Integration: a `debug` UniForm overfits one (video, audio, text) example with the masked hybrid loss, and
-its A2V and V2A samples land near the held example. Run with `pytest -s` to see the numbers."""
+"""Integration: a `debug` UniForm trained by `train_step` (the step `uniform train` runs: random tasks, the masked
+hybrid loss, the DeepSpeed engine's AdamW) overfits one (video, audio, text) example, and its A2V and V2A samples
+land near the held example. Run with `pytest -s` to see the numbers."""
 
+import itertools
 import time
 
 import pytest
 import torch
 
-from uniform_cli.config import DiffusionConfig
+from uniform_cli.config import PRESETS, DataConfig, DiffusionConfig, TrainConfig
 from uniform_cli.diffusion.guidance import conditional_model_fn
-from uniform_cli.diffusion.losses import hybrid_loss, noised_input
 from uniform_cli.diffusion.samplers import sample_ddim
 from uniform_cli.diffusion.schedule import make_schedule
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.latents.loader import LatentBatch
 from uniform_cli.model.uniform import build_model
+from uniform_cli.train.ema import make_ema
+from uniform_cli.train.engine import build_engine, init_distributed
+from uniform_cli.train.step import StepParts, train_step
 from uniform_cli.types import Latents, Task
 
 STEPS = 300
@@ -40,36 +44,29 @@ def _example(cfg, gen: torch.Generator):
 
 @pytest.mark.slow
 def test_debug_model_overfits_one_example_and_samples_near_it():
+    init_distributed()
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
     cfg = PRESETS["debug"]
-    model = build_model(cfg)
+    train = TrainConfig(batch_size=BATCH, micro_batch=BATCH, lr=LR, seed=SEED)
+    # Linear decay to 0 (DeepSpeed's own scheduler, through the raw [deepspeed] table): the last steps settle
+    # instead of bouncing at the noise floor of a high rate.
+    decay = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": LR, "warmup_num_steps": 1,
+                                                 "total_num_steps": STEPS, "warmup_type": "linear"}}
+    engine = build_engine(build_model(cfg), train, world_size=1, raw={"scheduler": decay})
     schedule = make_schedule(DiffusionConfig())
+    parts = StepParts(engine, make_ema(engine.module), schedule, train, DataConfig(), rank=0, device=torch.device("cpu"))
     x0, text, mask = _example(cfg, gen)
-    batch = x0.map(lambda a: a.expand(BATCH, *a.shape[1:]))
-    texts, masks = text.expand(BATCH, -1, -1), mask.expand(BATCH, -1)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    # Linear decay to 0: the last steps settle instead of bouncing at the noise floor of a high rate.
-    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / STEPS)
+    batch = LatentBatch(x0.map(lambda a: a.expand(BATCH, *a.shape[1:])), [""] * BATCH, ["example"] * BATCH,
+                        text.expand(BATCH, -1, -1), mask.expand(BATCH, -1))
+    batches = itertools.repeat(batch)
 
-    losses, start = [], time.perf_counter()
-    for _ in range(STEPS):
-        task = torch.full((BATCH,), int(torch.randint(3, (1,), generator=gen)))
-        t = torch.randint(schedule.num_timesteps, (BATCH,), generator=gen)
-        noise = batch.map(lambda a: torch.randn(a.shape, generator=gen))
-        drop = torch.rand(BATCH, generator=gen) < 0.5
-        out = model(noised_input(schedule, batch, t, noise, task), t, task, texts, masks, drop)
-        loss = hybrid_loss(schedule, batch, t, noise, out, task).loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay.step()
-        losses.append(loss.item())
+    start = time.perf_counter()
+    losses = [train_step(parts, batches, step).loss.mean().item() for step in range(STEPS)]
     train_s = time.perf_counter() - start
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
 
-    model.eval()
+    model = engine.module.eval()
     noise = x0.map(lambda a: torch.randn(a.shape, generator=gen))
     results = {}
     for task in (Task.A2V, Task.V2A):

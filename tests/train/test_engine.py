@@ -50,3 +50,18 @@ def test_zero1_resume_loads_deepspeed_state_classes_and_repeats_the_run(tmp_path
     assert losses(tmp_path / "z1halves") == losses(whole)
     state = json.loads((tmp_path / "z1halves" / "checkpoints" / "latest" / "trainer_state.json").read_text())
     assert state["step"] == 2
+
+
+def test_a_scheduler_in_the_deepspeed_table_replaces_ours():
+    from uniform_cli.config import PRESETS, TrainConfig
+    from uniform_cli.model.uniform import build_model
+    from uniform_cli.train.engine import build_engine, init_distributed
+
+    init_distributed()
+    train_cfg = TrainConfig(batch_size=2, micro_batch=2, lr=1e-3, warmup_steps=4)
+    ours = build_engine(build_model(PRESETS["debug"]), train_cfg, world_size=1)
+    assert isinstance(ours.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)
+    decay = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-3,
+                                                 "warmup_num_steps": 1, "total_num_steps": 10}}
+    theirs = build_engine(build_model(PRESETS["debug"]), train_cfg, world_size=1, raw={"scheduler": decay})
+    assert type(theirs.lr_scheduler).__name__ == "WarmupDecayLR"

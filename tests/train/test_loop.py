@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,8 +18,7 @@ from typer.testing import CliRunner
 
 from tests.fixtures.shards import write_latent_shards
 from uniform_cli.cli.main import app
-from uniform_cli.config import recipe_from_dict, recipe_to_toml
-from uniform_cli.model.presets import PRESETS
+from uniform_cli.config import PRESETS, recipe_from_dict, recipe_to_toml
 from uniform_cli.train.loop import TrainingError, train
 
 DEBUG = PRESETS["debug"]
@@ -66,6 +66,31 @@ def test_resumed_run_repeats_the_uninterrupted_one_exactly(tmp_path, shards):
     assert record["grad_norm"] > 0
     assert any(k.startswith("loss_") for k in record)
     assert (whole / "recipe.toml").read_text() == recipe_to_toml(make_recipe(tmp_path, shards, "whole"))
+
+
+def test_train_step_is_one_optimizer_step_over_its_micro_batches_and_the_one_train_logs(tmp_path, shards):
+    from rich.console import Console
+
+    from uniform_cli.train.loop import setup
+    from uniform_cli.train.step import train_step
+
+    logged = train(make_recipe(tmp_path, shards, "logged"), stop_after=1)
+    run = setup(make_recipe(tmp_path, shards, "by_hand"), None, Console(quiet=True))
+    engine, read = run.parts.engine, []
+
+    def counted(batches):
+        for batch in batches:
+            read.append(batch)
+            yield batch
+
+    before = [p.detach().clone() for p in engine.module.parameters()]
+    result = train_step(run.parts, counted(run.batches), 0)
+    assert len(read) == 2 and engine.global_steps == 1  # batch 4 = 2 micro-batches of 2, one optimizer step
+    assert result.loss.shape == result.task.shape == (4,)
+    assert result.loss.mean().item() == losses(logged)[0]
+    assert result.lr == pytest.approx(1e-3)  # 2 warmup steps: half the rate in step 0, the full rate after it
+    assert any(not torch.equal(a, b) for a, b in zip(before, engine.module.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(run.parts.ema.parameters(), before))  # the EMA moved too
 
 
 def test_checkpoint_round_trip_and_export(tmp_path, shards):
@@ -167,7 +192,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, shards):
 
 
 def test_a_recipe_whose_codecs_differ_from_the_shards_is_refused_before_step_0(tmp_path, shards):
-    from uniform_cli.latents.loader import ShardDataError
+    from uniform_cli.latents.shard_info import ShardDataError
 
     recipe = make_recipe(tmp_path, shards, "othercodec")
     recipe.codec.video = "pixel"
@@ -179,7 +204,7 @@ def test_a_recipe_whose_codecs_differ_from_the_shards_is_refused_before_step_0(t
     assert "text: the shards hold embeddings of DeepFloyd/t5-v1_1-xxl, the recipe says google/t5-v1_1-base" in text
     assert not (tmp_path / "othercodec").exists()
     fps = make_recipe(tmp_path, shards, "otherfps")
-    fps.data.fps = 24
+    fps.data = dataclasses.replace(fps.data, fps=24)
     with pytest.raises(ShardDataError, match=r"clips: the shards hold \{'fps': 17, .*the recipe's \[data\] says \{'fps': 24"):
         train(fps)
 

@@ -68,7 +68,10 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, raw: dict[str, Any] | No
 
 
 def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int, raw: dict[str, Any] | None = None):
-    """Wrap `model` in a DeepSpeed engine with AdamW (FusedAdam on CUDA) and linear warmup to a constant lr."""
+    """Wrap `model` in a DeepSpeed engine with AdamW (FusedAdam on CUDA) and linear warmup to a constant lr.
+
+    An `optimizer` or `scheduler` in the raw `[deepspeed]` table replaces ours (DeepSpeed would otherwise let
+    the scheduler passed here win over the one in its config)."""
     import deepspeed
 
     config = deepspeed_config(cfg, world_size, raw)
@@ -91,7 +94,7 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int, raw: dict[
         model=model,
         model_parameters=params if optimizer is None else None,
         optimizer=optimizer,
-        lr_scheduler=schedule,
+        lr_scheduler=None if "scheduler" in config else schedule,
         config=config,
     )
     engine.checkpoint_engine = WeightsOnlyLoading(engine.checkpoint_engine)

@@ -1,8 +1,7 @@
-"""Multitask training: one model learns T2AV, A2V and V2A from latent shards.
+"""Multitask training runs: setup from a recipe, the loop over `train_step`, checkpoints, logging and stopping.
 
-Every random choice of a step (tasks, timesteps, noise, text dropping) comes from a generator seeded by
-(seed, step, micro-batch, rank), and the loader restarts at a recorded position, so a resumed run repeats
-exactly what an uninterrupted run would have done.
+The loader restarts at a recorded position and each step's randomness is a function of where it is in the run
+(see `uniform_cli.train.step`), so a resumed run repeats exactly what an uninterrupted run would have done.
 """
 
 from __future__ import annotations
@@ -11,21 +10,30 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from uniform_cli.atomic import open_append, sweep_temp, write_text_atomic
-from uniform_cli.config import DataConfig, Recipe, recipe_to_toml
-from uniform_cli.types import Latents, Task
+from uniform_cli.config import Recipe, recipe_to_toml
+from uniform_cli.memory import peak_memory_bytes
+from uniform_cli.train.step import (
+    TASK_NAMES,
+    NonFiniteLoss,
+    StepParts,
+    StepResult,
+    TrainingError,
+    any_rank,
+    train_step,
+)
 
-TASK_NAMES = {Task.T2AV: "t2av", Task.A2V: "a2v", Task.V2A: "v2a"}
+if TYPE_CHECKING:
+    from rich.console import Console
 
-
-class TrainingError(RuntimeError):
-    """Training cannot start or cannot go on; the message says why and what was saved."""
+    from uniform_cli.latents.loader import LatentBatch
 
 
 class Stopped(Exception):
@@ -36,51 +44,6 @@ class Stopped(Exception):
         super().__init__(f"stopped by signal {signum} at step {step}; saved {checkpoint}; resume with --resume latest")
         self.signal = signum
         self.step = step
-
-
-def sample_tasks(cfg: DataConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Task ids `B`: one task for the whole batch ("iteration", as the paper) or one per sample."""
-    weights = torch.tensor([cfg.task_weights.get(TASK_NAMES[t], 0.0) for t in Task], dtype=torch.float64)
-    if weights.sum() <= 0:
-        raise TrainingError("data.task_weights gives every task weight 0")
-    draws = 1 if cfg.task_sampling == "iteration" else batch
-    tasks = torch.multinomial(weights, draws, replacement=True, generator=generator)
-    return tasks.expand(batch).clone() if draws == 1 else tasks
-
-
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The generator of one micro-batch: a pure function of where it is in the run."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 8191 + rank)
-
-
-@dataclass
-class StepInputs:
-    """What one micro-batch feeds the model and the loss."""
-
-    x0: Latents
-    t: torch.Tensor
-    task: torch.Tensor
-    noise: Latents
-    drop_text: torch.Tensor
-
-
-def draw_step_inputs(x0: Latents, data: DataConfig, num_timesteps: int, g: torch.Generator) -> StepInputs:
-    """Tasks, timesteps, noise and text dropping for a batch of clean latents (drawn on the CPU, then moved)."""
-    b = x0.batch_size
-    task = sample_tasks(data, b, g)
-    t = torch.randint(0, num_timesteps, (b,), generator=g)
-    noise = x0.map(lambda x: torch.randn(x.shape, generator=g))
-    drop = torch.rand(b, generator=g) < data.text_drop
-    dev = x0.video.device
-    return StepInputs(x0, t.to(dev), task.to(dev), noise.to(dev), drop.to(dev))
-
-
-def _memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 class _StopFlag:
@@ -96,14 +59,6 @@ class _StopFlag:
     def restore(self) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    import torch.distributed as dist
-
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def initial_weights(model: torch.nn.Module, spec: str) -> str:
@@ -128,22 +83,37 @@ def initial_weights(model: torch.nn.Module, spec: str) -> str:
     return f"{kind} weights from {path}: {report}"
 
 
-def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = None) -> Path:
-    """Train per `recipe`; returns the run folder. `stop_after` ends this process early (tests, time limits).
-    Raises Stopped after saving when SIGTERM or SIGINT arrives."""
-    from rich.console import Console
+@dataclass
+class Run:
+    """A run ready for its next step: what `train_step` needs, where the run stands and where it writes."""
 
-    from uniform_cli.diffusion.losses import hybrid_loss, noised_input
+    parts: StepParts
+    batches: Iterator[LatentBatch]
+    """The loader's stream from the first batch the run has not used yet."""
+    step: int
+    """Optimizer steps done."""
+    samples_seen: int
+    """Samples those steps used, over all ranks."""
+    batches_seen: int
+    """Micro-batches this rank read."""
+    run_dir: Path
+    """{output_dir}/{name}: recipe.toml, metrics.jsonl, checkpoints/."""
+    recipe_toml: str
+    """The resolved recipe, saved with every checkpoint."""
+
+
+def setup(recipe: Recipe, resume: str | None, console: Console) -> Run:
+    """Check the shards against the recipe, then build the model, the engine, the EMA and the data stream, load
+    the `resume` checkpoint ("latest" or a checkpoint folder) if given, and write recipe.toml to the run folder."""
     from uniform_cli.diffusion.schedule import make_schedule
-    from uniform_cli.latents.loader import make_loader, shard_info
-    from uniform_cli.model.uniform import build_model, num_tokens
-    from uniform_cli.progress import LogProgress
-    from uniform_cli.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, step_tag
-    from uniform_cli.train.ema import make_ema, update_ema
+    from uniform_cli.latents.loader import make_loader
+    from uniform_cli.latents.shard_info import shard_info
+    from uniform_cli.model.uniform import build_model
+    from uniform_cli.train.checkpoint import load_checkpoint, resume_folder
+    from uniform_cli.train.ema import make_ema
     from uniform_cli.train.engine import build_engine, init_distributed
 
     cfg, data = recipe.train, recipe.data
-    console = Console(soft_wrap=True)  # a log keeps long paths and URLs on one line
     # Everything that can be checked without work is checked first.
     info = shard_info(data.shards)
     info.check_shapes(recipe.model.video_latent, recipe.model.audio_latent)
@@ -153,8 +123,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
             f"the shards hold text embeddings of width {info.text_dim} but model.text_dim is {recipe.model.text_dim}"
         )
     run_dir = Path(cfg.output_dir) / cfg.name
-    ckpt_dir = run_dir / "checkpoints"
-    resume_dir = resolve_checkpoint(resume, ckpt_dir) if resume else None
+    resume_dir = resume_folder(resume, run_dir / "checkpoints") if resume else None
 
     rank, world = init_distributed()
     torch.manual_seed(cfg.seed + rank)
@@ -162,7 +131,6 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
 
     model = build_model(recipe.model)
     note = initial_weights(model, cfg.init_from)
@@ -175,15 +143,16 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
         from uniform_cli.model.uniform import compile_blocks
 
         compile_blocks(engine.module)
-    schedule = make_schedule(recipe.diffusion)
     text_encoder = None
     text_free = info.text_dim is None and recipe.codec.text_encoder == "none"  # always the null text
     if info.text_dim is None and not text_free:
         from uniform_cli.latents.text import TextEncoder
 
+        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
         text_encoder = TextEncoder.from_pretrained(
             recipe.codec.text_encoder, max_length=recipe.model.text_len, device=device, dtype=dtype
         )
+    parts = StepParts(engine, ema, make_schedule(recipe.diffusion), cfg, data, rank, device, text_encoder, text_free)
 
     step, samples_seen, batches_seen = 0, 0, 0
     if resume_dir is not None:
@@ -196,18 +165,34 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
         write_text_atomic(run_dir / "recipe.toml", recipe_toml)
         console.print(f"[bold]uniform train[/bold] {cfg.name}: {note}; {world} process(es) on {device}; "
                       f"shards hold {info.num_samples} samples; from step {step}")
-
-    accum = engine.gradient_accumulation_steps()
     loader = make_loader(
         data.shards, cfg.micro_batch, seed=cfg.seed, rank=rank, world_size=world,
         num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
     )
     batches = loader.from_step(batches_seen)  # the stream an uninterrupted run would be at
+    return Run(parts, batches, step, samples_seen, batches_seen, run_dir, recipe_toml)
+
+
+def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = None) -> Path:
+    """Train per `recipe`; returns the run folder. `stop_after` ends this process early (tests, time limits).
+    Raises Stopped after saving when SIGTERM or SIGINT arrives."""
+    from rich.console import Console
+
+    from uniform_cli.model.uniform import num_tokens
+    from uniform_cli.progress import LogProgress
+    from uniform_cli.train.checkpoint import save_checkpoint, step_tag
+
+    cfg = recipe.train
+    console = Console(soft_wrap=True)  # a log keeps long paths and URLs on one line
+    run = setup(recipe, resume, console)
+    parts, rank, ckpt_dir = run.parts, run.parts.rank, run.run_dir / "checkpoints"
+    step, samples_seen, batches_seen = run.step, run.samples_seen, run.batches_seen
+    accum = parts.engine.gradient_accumulation_steps()
     tokens = num_tokens(recipe.model)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run.run_dir / "metrics.jsonl"
     if rank == 0:
         keep_metrics_until(metrics_path, step)  # steps after the checkpoint are done again: logged once
-    writer = _tensorboard(run_dir) if rank == 0 else None
+    writer = _tensorboard(run.run_dir) if rank == 0 else None
     stop = _StopFlag()
     last = step
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -215,44 +200,20 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     try:
         while step < end:
             t0 = time.perf_counter()
-            losses, tasks_seen = [], []
-            for micro in range(accum):
-                batch = next(batches)
-                batches_seen += 1
-                x0 = batch.latents.to(device=device, dtype=torch.float32)
-                inputs = draw_step_inputs(x0, data, schedule.num_timesteps, step_generator(cfg.seed, step, micro, rank))
-                if text_free:
-                    text = torch.zeros(x0.batch_size, 1, recipe.model.text_dim)
-                    text_mask = torch.zeros(x0.batch_size, 1, dtype=torch.bool)
-                    inputs.drop_text = torch.ones_like(inputs.drop_text)
-                elif text_encoder is not None:
-                    text, text_mask = text_encoder(batch.captions)
-                else:
-                    text, text_mask = batch.text, batch.text_mask
-                x_t = noised_input(schedule, inputs.x0, inputs.t, inputs.noise, inputs.task)
-                out = engine(x_t.to(dtype=dtype), inputs.t, inputs.task, text.to(device, dtype),
-                             text_mask.to(device), inputs.drop_text)
-                terms = hybrid_loss(schedule, inputs.x0, inputs.t, inputs.noise, out, inputs.task)
-                loss = terms.loss.mean()
-                if _any_rank(not torch.isfinite(loss).item(), device):
-                    _save_diagnosis(run_dir / f"nonfinite_step_{step:06d}", inputs, text, text_mask, engine.module, rank)
-                    raise TrainingError(
-                        f"loss is {loss.item()} at step {step}; the batch and weights are saved in "
-                        f"{run_dir}/nonfinite_step_{step:06d}/ (try a lower lr, fp32, or check the shards)"
-                    )
-                engine.backward(loss)
-                if micro == accum - 1:
-                    grad_norm = _local_grad_norm(engine.module)  # before step() clears the gradients
-                engine.step()
-                losses.append(terms.loss.detach())
-                tasks_seen.append(inputs.task)
+            try:
+                result = train_step(parts, run.batches, step)
+            except NonFiniteLoss as err:
+                folder = run.run_dir / f"nonfinite_step_{step:06d}"
+                _save_diagnosis(folder, err, parts.engine.module, rank)
+                raise TrainingError(
+                    f"{err}; the batch and weights are saved in {folder}/ (try a lower lr, fp32, or check the shards)"
+                ) from None
+            seconds = time.perf_counter() - t0
             step += 1
             samples_seen += cfg.batch_size
-            update_ema(ema, engine.module, cfg.ema_decay)
-            seconds = time.perf_counter() - t0
+            batches_seen += accum
             if rank == 0 and (step % cfg.log_every == 0 or step == end):
-                record = _metrics(step, torch.cat(losses), torch.cat(tasks_seen), engine, grad_norm,
-                                  cfg.batch_size, seconds, tokens)
+                record = _metrics(step, result, cfg.batch_size, seconds, tokens)
                 with open_append(metrics_path) as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
@@ -260,9 +221,9 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
                         writer.add_scalar(f"train/{k}", v, step)
                 progress.update(step, loss=record["loss"], samples_per_s=record["samples_per_s"])
             state = {"samples_seen": samples_seen, "batches_seen": batches_seen}
-            stopping = _any_rank(stop.signal is not None, device)
+            stopping = any_rank(stop.signal is not None, parts.device)
             if step % cfg.checkpoint_every == 0 or step == end or stopping:
-                save_checkpoint(engine, ema, ckpt_dir, step, state, recipe_toml, rank, cfg.keep_last)
+                save_checkpoint(parts.engine, parts.ema, ckpt_dir, step, state, run.recipe_toml, rank, cfg.keep_last)
                 last = step
             if stopping:
                 raise Stopped(stop.signal or signal.SIGTERM, step, ckpt_dir / step_tag(step))
@@ -274,7 +235,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
             writer.close()
     if rank == 0:
         console.print(f"done: step {step}, last checkpoint {ckpt_dir / 'latest'} (step {last}); metrics in {metrics_path}")
-    return run_dir
+    return run.run_dir
 
 
 def _built_ops() -> bool:
@@ -298,41 +259,34 @@ def keep_metrics_until(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(keep))
 
 
-def _local_grad_norm(model: torch.nn.Module) -> float | None:
-    """The gradient norm from the parameters' own .grad (None under ZeRO, which keeps gradients elsewhere)."""
-    grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(grads).norm().item() if grads else None
-
-
-def _metrics(step: int, loss: torch.Tensor, task: torch.Tensor, engine, local_norm: float | None, batch: int,
-             seconds: float, tokens: int) -> dict[str, Any]:
-    record: dict[str, Any] = {"step": step, "loss": loss.mean().item()}
+def _metrics(step: int, result: StepResult, batch: int, seconds: float, tokens: int) -> dict[str, Any]:
+    """The metrics.jsonl record of a step: losses overall and per task, gradient norm, lr, speed, memory."""
+    record: dict[str, Any] = {"step": step, "loss": result.loss.mean().item()}
     for t, name in TASK_NAMES.items():
-        sel = task == t
+        sel = result.task == t
         if sel.any():
-            record[f"loss_{name}"] = loss[sel].mean().item()
-    norm = engine.get_global_grad_norm()
-    if norm is None:  # plain (non-ZeRO) fp32 path: DeepSpeed does not keep the norm
-        norm = local_norm
-    record["grad_norm"] = float("nan") if norm is None else float(norm)
-    record["lr"] = engine.get_lr()[0]
+            record[f"loss_{name}"] = result.loss[sel].mean().item()
+    record["grad_norm"] = result.grad_norm
+    record["lr"] = result.lr
     record["samples_per_s"] = batch / seconds
     record["tokens_per_s"] = batch * tokens / seconds
-    record["memory_gb"] = _memory_gb()
+    record["memory_gb"] = peak_memory_bytes(result.loss.device)[0] / 2**30
     record["seconds"] = seconds
     return record
 
 
-def _save_diagnosis(folder: Path, inputs: StepInputs, text, text_mask, model, rank: int) -> None:
+def _save_diagnosis(folder: Path, err: NonFiniteLoss, model: torch.nn.Module, rank: int) -> None:
+    """The micro-batch whose loss was not finite (each rank's) and the weights it met (rank 0), in `folder`."""
     from safetensors.torch import save_file
 
     from uniform_cli.model.checkpoint import save_pretrained
 
     folder.mkdir(parents=True, exist_ok=True)
+    inputs = err.inputs
     tensors = {
         "x0_video": inputs.x0.video, "x0_audio": inputs.x0.audio, "t": inputs.t, "task": inputs.task,
         "noise_video": inputs.noise.video, "noise_audio": inputs.noise.audio, "drop_text": inputs.drop_text,
-        "text": text, "text_mask": text_mask,
+        "text": err.text, "text_mask": err.text_mask,
     }
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / f"batch_rank{rank}.safetensors")
     if rank == 0:
