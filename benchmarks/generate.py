@@ -22,11 +22,10 @@ import string
 
 import torch
 
-from uniform_cli.config import DiffusionConfig, GenerateConfig
+from uniform_cli.config import PRESETS, ClipSpec, DiffusionConfig, GenerateConfig
 from uniform_cli.diffusion.schedule import make_schedule
-from uniform_cli.generate.pipeline import UniFormPipeline, peak_memory_bytes
-from uniform_cli.config import ClipSpec
-from uniform_cli.config import PRESETS
+from uniform_cli.generate.pipeline import UniFormPipeline
+from uniform_cli.memory import peak_memory_bytes
 from uniform_cli.model.uniform import build_model, compile_blocks, num_parameters
 from uniform_cli.types import Task
 

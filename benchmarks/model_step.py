@@ -19,6 +19,7 @@ import time
 import torch
 
 from uniform_cli.config import PRESETS
+from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 from uniform_cli.model.uniform import build_model, compile_blocks, flops_per_sample, num_parameters, num_tokens
 from uniform_cli.types import Latents
 
@@ -114,13 +115,12 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
 
     try:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         seconds = timed(train_step, args.steps, args.warmup, sync)
         result["train_step_s"] = seconds
         result["samples_per_s"] = args.batch / seconds
         if cuda:
-            result["train_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            result["train_peak_memory_gib"] = peak_memory_bytes(device)[0] / 2**30
             achieved = 3 * flops_per_sample(cfg, text_len) * args.batch / seconds
             result["model_tflops"] = achieved / 1e12
             result["mfu"] = achieved / H100_BF16_FLOPS
@@ -150,11 +150,11 @@ def main() -> None:
 
     if cuda:
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     result["guided_batch"] = half
     result["guided_step_s"] = timed(guided_step, args.steps, args.warmup, sync)
     if cuda:
-        result["guided_peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result["guided_peak_memory_gib"] = peak_memory_bytes(device)[0] / 2**30
     print(json.dumps(result))
 
 

@@ -1,9 +1,19 @@
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from uniform_cli.config import ConfigError, load_recipe, recipe_from_dict, recipe_to_toml
+from uniform_cli.config import (
+    CodecConfig,
+    ConfigError,
+    GenerateConfig,
+    TrainConfig,
+    load_recipe,
+    recipe_from_dict,
+    recipe_to_toml,
+    with_codec_overrides,
+)
 
 RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.toml"))
 
@@ -78,3 +88,45 @@ def test_recipe_errors_keep_table_names_and_name_bad_encodings(tmp_path):
     markup.write_text("[bold]\nx = 1\n")
     result = CliRunner().invoke(app, ["train", str(markup), "--dry-run"])
     assert result.exit_code == 2 and "unknown table [bold] (known:" in result.output
+
+
+@pytest.mark.parametrize("key,value,choices", [
+    ("generate.sampler", "euler", "'ddpm', 'ddim', 'dpm++'"),
+    ("diffusion.prediction", "noise", "'eps', 'v', 'x0'"),
+    ("data.task_sampling", "batch", "'iteration', 'sample'"),
+    ("train.precision", "fp16", "'bf16', 'fp32'"),
+    ("train.zero_stage", 4, "0, 1, 2, 3"),
+    ("codec.video", "pixels", "'opensora', 'pixel'"),
+    ("codec.audio", "wav", "'audioldm', 'mel'"),
+])
+def test_fixed_choices_are_checked_by_the_loader_naming_key_and_choices(tmp_path, key, value, choices):
+    section, name = key.split(".")
+    path = tmp_path / "r.toml"
+    path.write_text(f"[{section}]\n{name} = {value!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match=rf"r\.toml: {re.escape(key)} must be one of {re.escape(choices)}, not"):
+        load_recipe(path)
+
+
+def test_a_choice_must_also_have_the_choices_type():
+    with pytest.raises(ConfigError, match="train.zero_stage must be one of 0, 1, 2, 3, not '2'"):
+        recipe_from_dict({"train": {"zero_stage": "2"}})
+    with pytest.raises(ConfigError, match="train.zero_stage must be one of"):
+        recipe_from_dict({"train": {"zero_stage": True}})  # bool is an int to Python, not to a recipe
+    assert recipe_from_dict({"train": {"zero_stage": 2, "precision": "bf16"}}).train.zero_stage == 2
+
+
+def test_configs_built_in_code_check_their_choices_too():
+    with pytest.raises(ConfigError, match=re.escape("generate.sampler must be one of 'ddpm', 'ddim', 'dpm++', not 'euler'")):
+        GenerateConfig(sampler="euler")
+    with pytest.raises(ConfigError, match="train.precision"):
+        TrainConfig(precision="fp16")
+
+
+def test_codec_flags_name_either_a_weight_free_codec_or_weights():
+    free = with_codec_overrides(CodecConfig(), video_vae="pixel", audio_vae="mel")
+    assert (free.video, free.video_vae, free.audio, free.audio_vae) == ("pixel", "pixel", "mel", "mel")
+    weights = with_codec_overrides(free, video_vae="models/vae", audio_vae="./mel", text_encoder="none")
+    assert (weights.video, weights.video_vae) == ("opensora", "models/vae")
+    assert (weights.audio, weights.audio_vae) == ("audioldm", "./mel")  # a folder named like a codec
+    assert weights.text_encoder == "none"
+    assert with_codec_overrides(free) == free

@@ -4,6 +4,8 @@ A recipe is one TOML file with the tables `[model]`, `[diffusion]`, `[codec]`, `
 `[generate]` and a raw `[deepspeed]` table passed through to DeepSpeed. `[model] preset = "XL/2"` starts
 from a named preset (`PRESETS`) and the other keys of the table override it.
 Each part of the toolkit receives only its own section (`build_model(recipe.model)`).
+A field with a fixed set of values has a `Literal` type (`Sampler`, `Prediction`, ...): the list of choices is
+written there once, and the loader, the dataclasses and the command line all read it from there.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,6 +25,22 @@ else:  # pragma: no cover
 
 class ConfigError(ValueError):
     """A recipe that cannot be used; the message names the key and the file."""
+
+
+Prediction = Literal["eps", "v", "x0"]
+"""What a model can be trained to predict (`diffusion.prediction`)."""
+VideoCodecName = Literal["opensora", "pixel"]
+"""Video codecs (`codec.video`): Open-Sora VAE v1.2, or the weight-free pixel codec."""
+AudioCodecName = Literal["audioldm", "mel"]
+"""Audio codecs (`codec.audio`): AudioLDM VAE + HiFi-GAN, or the weight-free mel codec."""
+TaskSampling = Literal["iteration", "sample"]
+"""How training draws tasks (`data.task_sampling`)."""
+Precision = Literal["bf16", "fp32"]
+"""Training precision (`train.precision`)."""
+ZeroStage = Literal[0, 1, 2, 3]
+"""DeepSpeed ZeRO stages (`train.zero_stage`)."""
+Sampler = Literal["ddpm", "ddim", "dpm++"]
+"""Samplers (`generate.sampler`, `uniform generate --sampler`; `diffusion.samplers.SAMPLERS` maps them)."""
 
 
 @dataclass
@@ -113,10 +131,6 @@ PRESETS: dict[str, ModelConfig] = {
 """Named model presets: `[model] preset = NAME` starts from one of these."""
 
 
-PREDICTIONS = ("eps", "v", "x0")
-"""What a model can be trained to predict (`diffusion.prediction`)."""
-
-
 @dataclass
 class DiffusionConfig:
     """IDDPM: schedule and loss."""
@@ -129,7 +143,7 @@ class DiffusionConfig:
     """Last beta of the linear schedule (for 1,000 steps; rescaled for other counts)."""
     learn_sigma: bool = True
     """Learned-range variance trained with the variational bound (hybrid loss)."""
-    prediction: str = "eps"
+    prediction: Prediction = "eps"
     """What the model predicts: "eps", the noise (the paper, IDDPM); "v" = sqrt(abar) eps - sqrt(1 - abar) x0
     (Salimans & Ho 2022); or "x0", the clean latent, trained with the v error it implies (Li & He 2025, "Back to
     Basics: Let Denoising Generative Models Denoise"). v and x0 keep the x0 estimate bounded at high noise,
@@ -137,17 +151,16 @@ class DiffusionConfig:
     noise that eps and v must reproduce at low noise."""
 
     def __post_init__(self) -> None:
-        if self.prediction not in PREDICTIONS:
-            raise ConfigError(f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, not {self.prediction!r}")
+        check_choices(self, "diffusion")
 
 
 @dataclass
 class CodecConfig:
     """The pretrained parts that turn media into latents and back (hub ids or local folders)."""
 
-    video: str = "opensora"
+    video: VideoCodecName = "opensora"
     """Video codec: "opensora" (Open-Sora VAE v1.2) or "pixel" (weight-free, for the demo)."""
-    audio: str = "audioldm"
+    audio: AudioCodecName = "audioldm"
     """Audio codec: "audioldm" (AudioLDM VAE + HiFi-GAN) or "mel" (weight-free log-mel, for the demo)."""
     video_vae: str = "hpcai-tech/OpenSora-VAE-v1.2"
     """Open-Sora VAE v1.2: hub id or folder with config.json + model.safetensors."""
@@ -155,6 +168,24 @@ class CodecConfig:
     """AudioLDM checkpoint: hub id or folder with vae/ and vocoder/ subfolders."""
     text_encoder: str = "DeepFloyd/t5-v1_1-xxl"
     """Text encoder: hub id or folder of a transformers encoder and its tokenizer; "none" for no text."""
+
+
+def with_codec_overrides(codec: CodecConfig, video_vae: str | None = None, audio_vae: str | None = None,
+                         text_encoder: str | None = None) -> CodecConfig:
+    """`codec` with the --video-vae/--audio-vae/--text-encoder values of a command applied (None: unchanged).
+
+    "pixel" and "mel" select the weight-free codecs (the name then also stands in for the weights, as in
+    recipes/demo.toml, and is what the shards record); any other value is a hub id or folder of the VAE's
+    weights and selects the VAE codec. A folder named pixel or mel is passed as a path (`./pixel`).
+    """
+    changes: dict[str, str] = {}
+    if video_vae is not None:
+        changes.update(video="pixel" if video_vae == "pixel" else "opensora", video_vae=video_vae)
+    if audio_vae is not None:
+        changes.update(audio="mel" if audio_vae == "mel" else "audioldm", audio_vae=audio_vae)
+    if text_encoder is not None:
+        changes["text_encoder"] = text_encoder
+    return dataclasses.replace(codec, **changes)
 
 
 @dataclass(frozen=True)
@@ -199,7 +230,7 @@ class DataConfig(ClipSpec):
     """Shard folders written by `uniform encode` (each holds index.json)."""
     task_weights: dict[str, float] = field(default_factory=lambda: {"t2av": 1.0, "a2v": 1.0, "v2a": 1.0})
     """Relative frequency of each task in training."""
-    task_sampling: str = "iteration"
+    task_sampling: TaskSampling = "iteration"
     """"iteration": one task per step for the whole batch (the paper); "sample": one per sample."""
     text_drop: float = 0.5
     """Probability that a sample's text is replaced by the null embedding."""
@@ -213,8 +244,7 @@ class DataConfig(ClipSpec):
         unknown = set(self.task_weights) - {"t2av", "a2v", "v2a"}
         if unknown:
             raise ConfigError(f"data.task_weights has unknown tasks {sorted(unknown)}; use t2av, a2v, v2a")
-        if self.task_sampling not in ("iteration", "sample"):
-            raise ConfigError(f"data.task_sampling must be 'iteration' or 'sample', not {self.task_sampling!r}")
+        check_choices(self, "data")
         if not 0.0 <= self.text_drop <= 1.0:
             raise ConfigError(f"data.text_drop must lie in [0, 1], not {self.text_drop}")
 
@@ -252,9 +282,9 @@ class TrainConfig:
     """Gradient norm clip; 0 disables."""
     ema_decay: float = 0.99
     """EMA decay of the exported weights."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """"bf16" or "fp32"."""
-    zero_stage: int = 0
+    zero_stage: ZeroStage = 0
     """DeepSpeed ZeRO stage (2 on GPUs)."""
     compile: bool = False
     """torch.compile the model."""
@@ -275,16 +305,15 @@ class TrainConfig:
         self.adam_betas = tuple(self.adam_betas)
         if self.batch_size % self.micro_batch:
             raise ConfigError(f"train.batch_size {self.batch_size} is not a multiple of micro_batch {self.micro_batch}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"train.precision must be 'bf16' or 'fp32', not {self.precision!r}")
+        check_choices(self, "train")
 
 
 @dataclass
 class GenerateConfig:
     """Sampling defaults for `uniform generate` (each can be changed on the command line)."""
 
-    sampler: str = "dpm++"
-    """"ddpm", "ddim" or "dpm++"."""
+    sampler: Sampler = "dpm++"
+    """"ddpm" (ancestral), "ddim" or "dpm++" (DPM-Solver++(2M))."""
     steps: int = 25
     """Sampling steps."""
     cfg_video: float = 4.0
@@ -297,8 +326,7 @@ class GenerateConfig:
     """Seed of rows without their own."""
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("ddpm", "ddim", "dpm++"):
-            raise ConfigError(f"generate.sampler must be ddpm, ddim or dpm++, not {self.sampler!r}")
+        check_choices(self, "generate")
 
 
 @dataclass
@@ -314,9 +342,22 @@ class Recipe:
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
 
+def check_choices(config: Any, section: str) -> None:
+    """Raise ConfigError when a `Literal` field of the dataclass `config` holds a value outside its choices
+    (the check for configs built in code; the loader checks the same while reading `[section]`)."""
+    for name, annotation in typing.get_type_hints(type(config)).items():
+        if typing.get_origin(annotation) is Literal:
+            _check_value(getattr(config, name), annotation, f"{section}.{name}")
+
+
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
     """Check a TOML value against a field's type; ints are accepted for floats, lists for tuples."""
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if not any(type(value) is type(choice) and value == choice for choice in choices):
+            raise ConfigError(f"{where} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+        return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, str, bool, float):

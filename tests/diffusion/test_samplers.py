@@ -1,9 +1,12 @@
 """Samplers: given positions stay clean, and an exact noise predictor for Gaussian data reproduces the data."""
 
+import inspect
+import typing
+
 import pytest
 import torch
 
-from uniform_cli.config import DiffusionConfig, GenerateConfig
+from uniform_cli.config import DiffusionConfig, GenerateConfig, Sampler
 from uniform_cli.diffusion.samplers import (
     SAMPLERS,
     sample_ddim,
@@ -62,9 +65,8 @@ def test_exact_predictor_reproduces_gaussian_data(name, steps, var_rtol):
     noise = Latents(torch.randn(2, 4, 8, 16, 16, generator=gen), torch.randn(2, 8, 40, 16, generator=gen))
     given = noise.map(torch.zeros_like)
     task = torch.full((2,), int(Task.T2AV))
-    kwargs = {"generator": gen} if name == "ddpm" else {}
     model_fn = _exact_gaussian_model_fn(sampling_schedule(BASE, steps))
-    out = SAMPLERS[name](model_fn, BASE, noise, given, task, steps, **kwargs)
+    out = SAMPLERS[name](model_fn, BASE, noise, given, task, steps, generator=gen)
     for sample, mean, std in ((out.video, MEAN.video, STD.video), (out.audio, MEAN.audio, STD.audio)):
         assert sample.mean().item() == pytest.approx(mean, abs=0.03)
         assert sample.var().item() == pytest.approx(std**2, rel=var_rtol)
@@ -92,8 +94,8 @@ def test_v_and_x0_prediction_sample_like_the_same_model_predicting_eps(name, pre
     given, task = noise.map(torch.zeros_like), torch.full((2,), int(Task.T2AV))
     outs = []
     for schedule, model_fn in ((BASE, exact), (other, rewritten)):
-        kwargs = {"generator": torch.Generator().manual_seed(3)} if name == "ddpm" else {}
-        outs.append(SAMPLERS[name](model_fn, schedule, noise, given, task, steps, **kwargs))
+        outs.append(SAMPLERS[name](model_fn, schedule, noise, given, task, steps,
+                                   generator=torch.Generator().manual_seed(3)))
     torch.testing.assert_close(outs[1].video, outs[0].video, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(outs[1].audio, outs[0].audio, atol=1e-4, rtol=1e-4)
 
@@ -160,9 +162,28 @@ def test_ddim_with_eta_is_stochastic_and_without_is_deterministic():
 
 
 def test_sampler_names_match_the_generate_config():
-    assert set(SAMPLERS) == {"ddpm", "ddim", "dpm++"}
+    assert list(SAMPLERS) == list(typing.get_args(Sampler))
     assert SAMPLERS[GenerateConfig().sampler] is sample_dpm_solver
     assert SAMPLERS["ddpm"] is sample_ddpm
+
+
+def test_every_sampler_takes_the_same_arguments():
+    common = ["model_fn", "schedule", "noise", "given", "task", "steps", "generator", "progress"]
+    for fn in SAMPLERS.values():
+        params = inspect.signature(fn).parameters
+        assert list(params)[: len(common)] == common, fn.__name__
+        assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ("generator", "progress"))
+        assert all(p.default is not inspect.Parameter.empty for n, p in params.items() if n not in common[:6])
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++"])
+def test_deterministic_samplers_ignore_the_generator(name):
+    noise = Latents(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
+    task = torch.zeros(2, dtype=torch.long)
+    plain = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, task, 6)
+    seeded = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, task, 6,
+                            generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert torch.equal(plain.video, seeded.video) and torch.equal(plain.audio, seeded.audio)
 
 
 def test_mismatched_inputs_are_clear_errors():

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from uniform_cli.cli.main import app
-from uniform_cli.media.io import read_audio, read_video
-from uniform_cli.config import ClipSpec
-from uniform_cli.media.prepare import prepare_media
 from tests.fixtures.checkpoint import TINY_SIZE
+from uniform_cli.cli.main import app
+from uniform_cli.config import ClipSpec
+from uniform_cli.media.io import read_audio, read_video
+from uniform_cli.media.prepare import prepare_media
 
 SPEC = ClipSpec(fps=17, size=TINY_SIZE, seconds=4.0, sample_rate=16000)
 RESULT_KEYS = {"id", "task", "seed", "sampler", "steps", "cfg_video", "cfg_audio", "checkpoint", "text",
@@ -131,8 +131,8 @@ def test_missing_column_and_conflicting_flags(tmp_path, checkpoint):
     assert not (tmp_path / "out").exists()
 
 
-def test_results_hold_one_line_per_output_and_shard_files_merge(tmp_path):
-    from uniform_cli.generate.runner import ResultsFile, merge_results, read_results
+def test_results_hold_one_line_per_output_and_part_files_merge(tmp_path):
+    from uniform_cli.generate.results import ResultsFile, merge_results, read_results
 
     first = ResultsFile(tmp_path / "results.jsonl")
     first.write({"id": "a", "steps": 2, "time": 1.0})
@@ -140,10 +140,10 @@ def test_results_hold_one_line_per_output_and_shard_files_merge(tmp_path):
     ResultsFile(tmp_path / "results.jsonl").write({"id": "a", "steps": 3, "time": 3.0})  # a rerun replaces
     lines = [json.loads(t) for t in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [(r["id"], r["steps"]) for r in lines] == [("a", 3), ("b", 2)]
-    # Another process (a sharded run) wrote a newer b and a new c in its own file.
-    shard = ResultsFile(tmp_path / "results.shard-1-of-2.jsonl")
-    shard.write({"id": "b", "steps": 5, "time": 4.0})
-    shard.write({"id": "c", "steps": 5, "time": 5.0})
+    # Another process (part 1 of 2) wrote a newer b and a new c in its own file.
+    part = ResultsFile(tmp_path / "results.part-1-of-2.jsonl")
+    part.write({"id": "b", "steps": 5, "time": 4.0})
+    part.write({"id": "c", "steps": 5, "time": 5.0})
     assert {k: r["steps"] for k, r in read_results(tmp_path).items()} == {"a": 3, "b": 5, "c": 5}
     merge_results(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]

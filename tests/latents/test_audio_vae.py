@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from tests.fixtures.codecs import AUDIOLDM_SCALING_FACTOR, make_audioldm_folder
-from uniform_cli.latents.audio_vae import AudioLDMCodec
-from uniform_cli.latents.codecs import CodecError, build_audio_codec
 from uniform_cli.config import CodecConfig
+from uniform_cli.latents.audio_vae import AudioLDMCodec
+from uniform_cli.latents.codecs import build_audio_codec
 from uniform_cli.media.mel import log_mel_spectrogram, normalize_wave
+from uniform_cli.pretrained import CodecError
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_four_second_clip_encodes_to_8_100_16_and_decodes_to_64000_samples(codec
 
 
 def test_decode_trims_the_vocoders_32_surplus_samples(codec, wave):
-    latent = codec.encode(wave, mode="mean")
+    latent = codec.encode(wave, sample=False)
     mel = codec.decode_mel(latent)
     assert mel.shape == (2, 400, 64)
     raw = codec.vocoder(mel)  # the vocoder alone, mel laid out `B T 64`
@@ -54,7 +55,7 @@ def test_scaling_factor_is_read_from_the_checkpoint_config(tmp_path, codec, wave
     other = AudioLDMCodec.from_pretrained(make_audioldm_folder(tmp_path / "other", scaling_factor=0.5))
     assert codec.scaling_factor == pytest.approx(AUDIOLDM_SCALING_FACTOR)
     assert other.scaling_factor == 0.5
-    ours, theirs = codec.encode(wave, mode="mean"), other.encode(wave, mode="mean")
+    ours, theirs = codec.encode(wave, sample=False), other.encode(wave, sample=False)
     torch.testing.assert_close(theirs, ours * (0.5 / AUDIOLDM_SCALING_FACTOR))
     # each checkpoint divides by its own factor, so both decode their latents to the same mel
     torch.testing.assert_close(other.decode_mel(theirs), codec.decode_mel(ours), atol=1e-5, rtol=1e-4)
@@ -63,22 +64,22 @@ def test_scaling_factor_is_read_from_the_checkpoint_config(tmp_path, codec, wave
 def test_encode_is_the_recipe_mel_then_the_vae(codec, wave):
     mel = log_mel_spectrogram(normalize_wave(wave))
     torch.testing.assert_close(codec.wave_to_mel(wave), mel)
-    torch.testing.assert_close(codec.encode(wave, mode="mean"), codec.encode_mel(mel, mode="mean"))
+    torch.testing.assert_close(codec.encode(wave, sample=False), codec.encode_mel(mel, sample=False))
     # AudioLDM scales every clip to peak 0.5, so loudness does not change the latent
-    torch.testing.assert_close(codec.encode(3 * wave, mode="mean"), codec.encode(wave, mode="mean"), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(codec.encode(3 * wave, sample=False), codec.encode(wave, sample=False), atol=1e-3, rtol=1e-3)
 
 
 def test_posterior_sample_is_seeded_and_differs_from_the_mean(codec, wave):
     first = codec.encode(wave, generator=torch.Generator().manual_seed(1))
     again = codec.encode(wave, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(first, again)
-    assert not torch.allclose(first, codec.encode(wave, mode="mean"))
+    assert not torch.allclose(first, codec.encode(wave, sample=False))
 
 
 def test_micro_batches_give_the_same_result(folder, codec, wave):
     one_at_a_time = AudioLDMCodec.from_pretrained(folder, micro_batch=1)
-    latent = codec.encode(wave, mode="mean")
-    torch.testing.assert_close(one_at_a_time.encode(wave, mode="mean"), latent)
+    latent = codec.encode(wave, sample=False)
+    torch.testing.assert_close(one_at_a_time.encode(wave, sample=False), latent)
     torch.testing.assert_close(one_at_a_time.decode(latent), codec.decode(latent), atol=1e-6, rtol=1e-5)
 
 
@@ -92,7 +93,7 @@ def test_missing_checkpoint_says_what_to_download(tmp_path, folder):
         AudioLDMCodec.from_pretrained(tmp_path / "nowhere")
     partial = tmp_path / "partial"
     shutil.copytree(folder / "vae", partial / "vae")
-    with pytest.raises(CodecError, match="vocoder/config.json"):
+    with pytest.raises(CodecError, match="lacks vocoder/"):
         AudioLDMCodec.from_pretrained(partial)
     with pytest.raises(CodecError, match="hf download uniform-tests/no-such-audioldm"):
         AudioLDMCodec.from_pretrained("uniform-tests/no-such-audioldm")

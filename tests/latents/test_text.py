@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from tests.fixtures.codecs import make_text_encoder_folder
-from uniform_cli.latents.codecs import CodecError
-from uniform_cli.latents.text import TextEncoder
+from uniform_cli.latents.text import TextEncoder, TextEncoderError
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +61,12 @@ def test_micro_batches_give_the_same_result(folder, encoder):
 
 
 def test_missing_model_says_what_to_download(tmp_path):
-    with pytest.raises(CodecError, match="hf download"):
+    with pytest.raises(TextEncoderError, match="hf download"):
         TextEncoder.from_pretrained(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CodecError, match="config.json"):
+    with pytest.raises(TextEncoderError, match="config.json"):
         TextEncoder.from_pretrained(tmp_path / "empty")
-    with pytest.raises(CodecError, match="hf download uniform-tests/no-such-t5"):
+    with pytest.raises(TextEncoderError, match="hf download uniform-tests/no-such-t5"):
         TextEncoder.from_pretrained("uniform-tests/no-such-t5")
 
 
@@ -82,5 +81,5 @@ def test_missing_tokenizer_files_are_refused(tmp_path):
     folder = make_text_encoder_folder(tmp_path / "t5")
     (folder / "tokenizer.json").unlink()
     (folder / "tokenizer_config.json").unlink()
-    with pytest.raises(CodecError, match="tokenizer files"):
+    with pytest.raises(TextEncoderError, match="tokenizer files"):
         TextEncoder.from_pretrained(folder)

@@ -11,9 +11,10 @@ from safetensors.torch import load_file, save_file
 
 from tests.fixtures.codecs import OPENSORA_TINY_SPATIAL, OPENSORA_TINY_TEMPORAL, make_opensora_vae_folder
 from uniform_cli.config import CodecConfig
-from uniform_cli.latents.codecs import CodecError, build_video_codec
+from uniform_cli.latents.codecs import build_video_codec
 from uniform_cli.latents.temporal_vae import TemporalVAEConfig
 from uniform_cli.latents.video_vae import SDXL_VAE_CONFIG, SHIFT, OpenSoraVAE, chunk_lengths, latent_frames
+from uniform_cli.pretrained import CodecError
 
 PUBLISHED_BYTES = 1_573_430_548  # size of hpcai-tech/OpenSora-VAE-v1.2 model.safetensors (float32)
 

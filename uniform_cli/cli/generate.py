@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from uniform_cli.cli import USAGE, fail
+from uniform_cli.config import Sampler
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+SAMPLER_NAMES = typing.get_args(Sampler)
 
 
 def main(
@@ -17,7 +20,9 @@ def main(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint folder, e.g. runs/NAME/checkpoints/latest."),
     task: str = typer.Option("t2av", "--task", help="Task of rows without a 'task' cell: t2av, a2v or v2a."),
     out: Path = typer.Option(Path("outputs"), "--out", help="Output folder for {id}.mp4, {id}.wav, results.jsonl."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm, ddim or dpm++ (default: the checkpoint's)."),
+    sampler: Optional[str] = typer.Option(
+        None, "--sampler", help=f"{', '.join(SAMPLER_NAMES)} (default: the checkpoint's)."
+    ),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the checkpoint's)."),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale of both video and audio."),
     cfg_video: Optional[float] = typer.Option(None, "--cfg-video", help="Guidance scale of the video."),
@@ -26,11 +31,17 @@ def main(
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of rows without a 'seed' cell."),
     num_samples: int = typer.Option(1, "--num-samples", help="Clips per row, written as {id}_{k} (seed + k)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip outputs whose mp4, wav and results line exist."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: this process's share (default from RANK/WORLD_SIZE)."),
+    part: Optional[str] = typer.Option(
+        None, "--part", help="I/N: this process's part of the work (default from RANK/WORLD_SIZE)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda when available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPUs, fp32 on CPU)."),
-    video_vae: Optional[str] = typer.Option(None, "--video-vae", help="Open-Sora VAE folder or hub id (overrides the recipe)."),
-    audio_vae: Optional[str] = typer.Option(None, "--audio-vae", help="AudioLDM folder or hub id (overrides the recipe)."),
+    video_vae: Optional[str] = typer.Option(
+        None, "--video-vae", help="Open-Sora VAE folder or hub id, or 'pixel' (weight-free); overrides the recipe."
+    ),
+    audio_vae: Optional[str] = typer.Option(
+        None, "--audio-vae", help="AudioLDM folder or hub id, or 'mel' (weight-free); overrides the recipe."
+    ),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder folder or hub id; 'none' for no text."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks (long runs on GPUs)."),
 ) -> None:
@@ -40,6 +51,7 @@ def main(
     `uniform clip` does, held fixed, and carried into the output unchanged. Every row is checked first;
     all problems are reported together and nothing is written.
 
+    \b
     Example: uniform generate prompts.csv --task v2a --checkpoint runs/multitask/checkpoints/latest --steps 25
     """
     import os
@@ -48,26 +60,14 @@ def main(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from uniform_cli.generate.pipeline import (
-        PipelineError,
-        UniFormPipeline,
-        read_checkpoint_recipe,
-        resolve_checkpoint,
-        with_codec_overrides,
-    )
-    from uniform_cli.generate.runner import (
-        PromptsError,
-        RunOptions,
-        merge_results,
-        plan,
-        read_prompts,
-        run_items,
-        select,
-    )
-    from uniform_cli.latents.codecs import CodecError
+    from uniform_cli.config import with_codec_overrides
+    from uniform_cli.generate.pipeline import PipelineError, UniFormPipeline, read_checkpoint_recipe, resolve_checkpoint
+    from uniform_cli.generate.results import merge_results
+    from uniform_cli.generate.runner import PromptsError, RunOptions, generate_items, plan, read_prompts, select
     from uniform_cli.model.checkpoint import CheckpointError
+    from uniform_cli.pretrained import PretrainedError
     from uniform_cli.progress import LogProgress
-    from uniform_cli.stage import parse_shard
+    from uniform_cli.stage import parse_part
     from uniform_cli.types import Task
 
     console = Console(stderr=True, soft_wrap=True)
@@ -79,11 +79,11 @@ def main(
         fail("--batch-size must be at least 1", USAGE)
     if steps is not None and steps < 2:
         fail("--steps must be at least 2 (the first and the last timestep)", USAGE)
-    if sampler is not None and sampler not in ("ddpm", "ddim", "dpm++"):
-        fail(f"--sampler must be ddpm, ddim or dpm++, not {sampler!r}", USAGE)
+    if sampler is not None and sampler not in SAMPLER_NAMES:
+        fail(f"--sampler must be one of {', '.join(SAMPLER_NAMES)}, not {sampler!r}", USAGE)
     try:
         default_task = Task.parse(task)
-        part = parse_shard(shard)
+        part = parse_part(part)
         folder = resolve_checkpoint(checkpoint)
         recipe = read_checkpoint_recipe(folder)
         spec = recipe.data.clip
@@ -104,11 +104,11 @@ def main(
         console.print(f"{name} exists with other settings ({what}): generating it again", markup=False)
     if len(chosen.changed) > 10:
         console.print(f"... and {len(chosen.changed) - 10} more outputs with other settings")
-    shard_note = f" (shard {part.index}/{part.count})" if part.count > 1 else ""
+    part_note = f" (part {part.index}/{part.count})" if part.count > 1 else ""
     if not todo:
         if part.count == 1 and Path(out).is_dir():
             merge_results(Path(out))
-        console.print(f"nothing to generate{shard_note}: {skipped} output(s) already in {out}")
+        console.print(f"nothing to generate{part_note}: {skipped} output(s) already in {out}")
         return
 
     if device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -118,20 +118,20 @@ def main(
         pipe = UniFormPipeline.from_pretrained(
             folder, device=device, dtype=getattr(torch, DTYPES[dtype]) if dtype else None, codec=codec, compile=compile
         )
-    except (PipelineError, CodecError, CheckpointError) as e:
+    except (PipelineError, PretrainedError, CheckpointError) as e:
         fail(e)
 
     try:
         if console.is_terminal:  # a clip bar and a denoising bar
             columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
             with Progress(*columns, console=console, transient=True) as progress:
-                clips = progress.add_task(f"generating{shard_note}", total=len(todo))
+                clips = progress.add_task(f"generating{part_note}", total=len(todo))
                 denoise = progress.add_task("  denoising batch", total=None)
-                report = run_items(pipe, todo, out, options, part, on_batch=lambda n: progress.advance(clips, n),
-                                   on_step=lambda done, total: progress.update(denoise, completed=done, total=total))
+                report = generate_items(pipe, todo, out, options, part, on_batch=lambda n: progress.advance(clips, n),
+                                        on_step=lambda done, total: progress.update(denoise, completed=done, total=total))
         else:  # a log: a plain line now and then
-            plain = LogProgress(console, f"generate{shard_note}", len(todo), unit=" clips")
-            report = run_items(pipe, todo, out, options, part, on_batch=plain.advance)
+            plain = LogProgress(console, f"generate{part_note}", len(todo), unit=" clips")
+            report = generate_items(pipe, todo, out, options, part, on_batch=plain.advance)
     except (PipelineError, OSError) as e:
         fail(e)
 

@@ -32,7 +32,6 @@ from uniform_cli.diffusion.schedule import (
 from uniform_cli.diffusion.tasks import broadcast_mask, generated_masks, keep_given
 from uniform_cli.types import Latents
 
-
 X0_LOSS_MIN_SIGMA = 0.05
 """Floor of sqrt(1 - abar) in the x0-prediction loss (reached below step ~25 of the 1,000-step schedule)."""
 

@@ -5,14 +5,18 @@ the schedule's `prediction` says; the loops turn it into eps), optionally follow
 values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (per the task) are
 reset to their clean values before every model call and in the result, so only generated positions are sampled.
 Noise and given latents should be float32; the loops compute in the noise's dtype.
+
+All three take the same arguments, `(model_fn, schedule, noise, given, task, steps, *, generator=None,
+progress=None)`, so a caller picks one by name from `SAMPLERS` and calls it the same way.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
+from uniform_cli.config import Sampler
 from uniform_cli.diffusion.schedule import (
     Schedule,
     extract,
@@ -46,6 +50,13 @@ def _steps(spaced: Schedule, batch: int, device: torch.device) -> list[tuple[tor
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """One generator for the batch, or one per sample (each row's noise then does not depend on the others)."""
+
+
+class SamplerFn(Protocol):
+    """What every sampler is: `steps` respaced steps from `noise` to clean latents, given positions kept."""
+
+    def __call__(self, model_fn: ModelFn, schedule: Schedule, noise: Latents, given: Latents, task: torch.Tensor,
+                 steps: int, *, generator: Generators = None, progress: Progress | None = None) -> Latents: ...
 
 
 def _randn_like(x: Latents, generator: Generators) -> Latents:
@@ -99,9 +110,10 @@ def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
 
 @torch.no_grad()
 def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: Latents, task: torch.Tensor,
-                steps: int, *, eta: float = 0.0, generator: Generators = None,
-                progress: Progress | None = None) -> Latents:
-    """DDIM on the respaced schedule: deterministic for eta = 0, ancestral-like for eta = 1."""
+                steps: int, *, generator: Generators = None, progress: Progress | None = None,
+                eta: float = 0.0) -> Latents:
+    """DDIM on the respaced schedule: deterministic for eta = 0 (the generator is then unused), ancestral-like
+    for eta = 1."""
     generated = _check(noise, given, task)
     spaced = sampling_schedule(schedule, steps)
     x = keep_given(noise, given, generated)
@@ -127,8 +139,11 @@ def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
 
 @torch.no_grad()
 def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: Latents, task: torch.Tensor,
-                      steps: int, *, progress: Progress | None = None) -> Latents:
+                      steps: int, *, generator: Generators = None, progress: Progress | None = None) -> Latents:
     """DPM-Solver++(2M): multistep, data prediction, on the respaced discrete schedule.
+
+    It draws no noise after the starting noise, so `generator` is unused; it is accepted so that every sampler
+    takes the same arguments.
 
     The model is evaluated at the `steps` respaced steps from the noisiest to t = 0; each update moves x to the
     next step's noise level (alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma)) using the
@@ -167,5 +182,5 @@ def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: Latents, giv
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Latents]] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm++": sample_dpm_solver}
-"""Sampler by the names `generate.sampler` accepts."""
+SAMPLERS: dict[Sampler, SamplerFn] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm++": sample_dpm_solver}
+"""Sampler by the names `generate.sampler` accepts (`config.Sampler`)."""

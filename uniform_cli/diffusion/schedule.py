@@ -9,11 +9,12 @@ them to a latent (`B C F H W` video or `B C T M` audio). Every tensor function h
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import torch
 
-from uniform_cli.config import PREDICTIONS, DiffusionConfig
+from uniform_cli.config import DiffusionConfig, Prediction
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Schedule:
     timestep_map: torch.Tensor  # long [N]
     training_timesteps: int
     """Steps of the training schedule this one was derived from (for the IDDPM loss scaling)."""
-    prediction: str = "eps"
+    prediction: Prediction = "eps"
     """What the model's first C output channels are: "eps" (the noise), "v" (see `eps_from_v`) or "x0"."""
 
     @property
@@ -43,13 +44,13 @@ class Schedule:
 
 
 def schedule_from_betas(betas: torch.Tensor, timestep_map: torch.Tensor | None = None,
-                        training_timesteps: int | None = None, prediction: str = "eps") -> Schedule:
+                        training_timesteps: int | None = None, prediction: Prediction = "eps") -> Schedule:
     """All derived IDDPM arrays of a beta sequence."""
     betas = betas.to(torch.float64)
     if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas <= 1)).all()):
         raise ValueError("betas must be a 1-D sequence of at least 2 values in (0, 1]")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {prediction!r}")
+    if prediction not in typing.get_args(Prediction):
+        raise ValueError(f"prediction must be one of {', '.join(typing.get_args(Prediction))}, not {prediction!r}")
     alphas = 1.0 - betas
     alphas_cumprod = torch.cumprod(alphas, dim=0)
     alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])

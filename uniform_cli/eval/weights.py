@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from uniform_cli.pretrained import PretrainedError
+
 
 @dataclass(frozen=True)
 class WeightFile:
@@ -47,7 +49,7 @@ class FeatureInputError(ValueError):
     """A clip that a feature extractor cannot take (too short, wrong shape)."""
 
 
-class WeightsError(RuntimeError):
+class WeightsError(PretrainedError):
     """A weight file that is missing or does not match the architecture; the message says what to do."""
 
 

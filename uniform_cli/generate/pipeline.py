@@ -12,8 +12,6 @@ held fixed while the model fills in the rest, and the output carries them unchan
 
 from __future__ import annotations
 
-import dataclasses
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ import numpy as np
 import torch
 
 from uniform_cli.config import ClipSpec, CodecConfig, ConfigError, GenerateConfig, Recipe, recipe_from_dict
+from uniform_cli.latents.codecs import AudioCodec, VideoCodec, build_audio_codec, build_video_codec
+from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 from uniform_cli.types import Latents, Task
 
 if sys.version_info >= (3, 11):
@@ -104,21 +104,14 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
-    """(bytes, kind): peak CUDA allocation since the last reset, or the process's peak resident set on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss * (1 if sys.platform == "darwin" else 1024), "cpu_peak_rss"
-
-
 class UniFormPipeline:
     """The model, its diffusion schedule, video and audio codecs and (optionally) a text encoder.
 
     Build with `from_pretrained`; the constructor takes already built parts (tests, benchmarks).
     """
 
-    def __init__(self, model: torch.nn.Module, schedule, video_codec, audio_codec, text_encoder, spec: ClipSpec,
+    def __init__(self, model: torch.nn.Module, schedule, video_codec: VideoCodec, audio_codec: AudioCodec,
+                 text_encoder, spec: ClipSpec,
                  defaults: GenerateConfig | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, checkpoint: Path | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
@@ -142,7 +135,6 @@ class UniFormPipeline:
         `text_encoder = "none"` runs without text. Defaults: CUDA when present, bf16 there and fp32 on the CPU
         (the audio codec always runs in fp32). `compile` compiles the transformer blocks."""
         from uniform_cli.diffusion.schedule import make_schedule
-        from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
         from uniform_cli.model.checkpoint import load_pretrained
         from uniform_cli.model.uniform import compile_blocks
 
@@ -175,16 +167,20 @@ class UniFormPipeline:
         if self.text_encoder is not None and self.text_encoder.dim != cfg.text_dim:
             problems.append(f"the text encoder makes {self.text_encoder.dim}-wide embeddings; the model takes "
                             f"text_dim={cfg.text_dim}")
-        if hasattr(self.video_codec, "latent_shape"):
+        try:
             shape = tuple(self.video_codec.latent_shape(spec.frames, spec.size, spec.size))
             if shape != tuple(cfg.video_latent):
                 problems.append(f"the video codec turns {spec.frames} frames of {spec.size}x{spec.size} into "
                                 f"{list(shape)}; the model takes video_latent={list(cfg.video_latent)}")
-        shape = _audio_latent_shape(self.audio_codec, spec.samples)
-        if shape is not None:
+        except ValueError as e:  # a clip format the codec cannot encode
+            problems.append(str(e))
+        try:
+            shape = tuple(self.audio_codec.latent_shape(spec.samples))
             if shape != tuple(cfg.audio_latent):
                 problems.append(f"the audio codec turns {spec.samples} samples into {list(shape)}; the model "
                                 f"takes audio_latent={list(cfg.audio_latent)}")
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise PipelineError("the checkpoint's parts do not fit together: " + "; ".join(problems)
                                 + " (check [codec] and [data] in recipe.toml, or the codec flags)")
@@ -259,18 +255,13 @@ class UniFormPipeline:
         ]
         return Latents(torch.cat([r.video for r in rows]), torch.cat([r.audio for r in rows]))
 
+    # Given media are held fixed: encode them deterministically (the posterior mean), so that a rerun
+    # encodes them the same way.
     def _encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        # The given video is held fixed: take the posterior mean, so that a rerun encodes it the same way.
-        if hasattr(self.video_codec, "sample"):
-            return self.video_codec.encode(frames.to(self.device), sample=False).float().to(self.device)
-        return self.video_codec.encode(frames.to(self.device)).float().to(self.device)
+        return self.video_codec.encode(frames.to(self.device), sample=False).float().to(self.device)
 
     def _encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
-        from uniform_cli.latents.audio_vae import AudioLDMCodec
-
-        if isinstance(self.audio_codec, AudioLDMCodec):
-            return self.audio_codec.encode(wave.to(self.device), mode="mean").float().to(self.device)
-        return self.audio_codec.encode(wave.to(self.device)).float().to(self.device)
+        return self.audio_codec.encode(wave.to(self.device), sample=False).float().to(self.device)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -323,8 +314,7 @@ class UniFormPipeline:
         given_frames = self._rows(video, "video", tasks, Task.V2A, (spec.frames, spec.size, spec.size, 3), torch.uint8)
         given_wave = self._rows(audio, "audio", tasks, Task.A2V, (spec.samples,), torch.float32)
         generators, seeds = self._generators(b, seed, generator)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         timings: dict[str, float] = {}
 
         clock = time.perf_counter()
@@ -353,10 +343,8 @@ class UniFormPipeline:
         else:  # no caption in the batch, or scale 1: guidance would return the conditional prediction
             model_fn = conditional_model_fn(self.model, task_ids, text, text_mask)
         noise = self._noise(generators)
-        kwargs = {"progress": progress}
-        if sampler in ("ddpm", "ddim"):
-            kwargs["generator"] = generators
-        latents = SAMPLERS[sampler](model_fn, self.schedule, noise, given, task_ids, steps, **kwargs)
+        latents = SAMPLERS[sampler](model_fn, self.schedule, noise, given, task_ids, steps, generator=generators,
+                                    progress=progress)
         self._sync()
         timings["denoise"] = time.perf_counter() - clock
 
@@ -379,26 +367,5 @@ class UniFormPipeline:
         self._sync()
         timings["decode"] = time.perf_counter() - clock
         timings["total"] = time.perf_counter() - t_start
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        peak = peak_memory_bytes(self.device)[0] if self.device.type == "cuda" else None
         return GenerationResult(frames, wave, spec.fps, spec.sample_rate, tasks, seeds, timings, peak)
-
-
-def _audio_latent_shape(codec, num_samples: int) -> tuple[int, int, int] | None:
-    """`C T M` an audio codec makes of `num_samples` samples, where the codec says (None otherwise)."""
-    from uniform_cli.latents.audio_vae import AudioLDMCodec
-    from uniform_cli.media import mel as melspec
-
-    if hasattr(codec, "latent_shape"):
-        return tuple(codec.latent_shape(num_samples))
-    if isinstance(codec, AudioLDMCodec):
-        down = codec.downsample
-        return (codec.latent_channels, num_samples // melspec.HOP_LENGTH // down, codec.n_mels // down)
-    return None
-
-
-def with_codec_overrides(codec: CodecConfig, video_vae: str | None = None, audio_vae: str | None = None,
-                         text_encoder: str | None = None) -> CodecConfig:
-    """`codec` with the given checkpoint ids/folders replaced (the --video-vae/--audio-vae/--text-encoder flags)."""
-    changes = {k: v for k, v in (("video_vae", video_vae), ("audio_vae", audio_vae), ("text_encoder", text_encoder))
-               if v is not None}
-    return dataclasses.replace(codec, **changes)

@@ -9,18 +9,16 @@
 paths relative to the CSV's folder, in any container, codec, fps or sample rate: they are prepared like
 `uniform clip` does). Every row is checked before any work and all problems are reported together.
 
-Each output is written atomically, then its JSON line goes to `results.jsonl` (`results.shard-I-of-N.jsonl` when
-sharded), one line per output: generating an output again replaces its line. An output counts as done when its
-mp4, wav and results line all exist (and, with --skip-existing, its settings are the ones asked for). An unsharded
-run ends by merging every results file into `results.jsonl`; after sharded runs, an unsharded rerun with
---skip-existing generates nothing and does the merge.
+Each output is written atomically, then its JSON line goes to `results.jsonl` (`results.part-I-of-N.jsonl` for
+`--part I/N`), one line per output: generating an output again replaces its line. An output counts as done when its
+mp4, wav and results line all exist (and, with --skip-existing, its settings are the ones asked for). A run of
+the whole work ends by merging every results file into `results.jsonl`; after runs of parts, a rerun of the
+whole with --skip-existing generates nothing and does the merge.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 import re
 import time
 import zlib
@@ -28,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from uniform_cli.atomic import complete_prefix, open_append, sweep_temp, write_text_atomic
-from uniform_cli.media.io import URL_SCHEME
+from uniform_cli.atomic import sweep_temp
 from uniform_cli.config import ClipSpec
-from uniform_cli.stage import Shard
+from uniform_cli.generate.results import ResultsFile, read_results, results_path
+from uniform_cli.media.io import URL_SCHEME
+from uniform_cli.memory import peak_memory_bytes
+from uniform_cli.stage import Part
 from uniform_cli.types import Task
 
 REQUIRED_COLUMNS = ("id", "text")
@@ -74,7 +74,7 @@ class WorkItem:
 
 def default_seed(base: int, row_id: str) -> int:
     """The seed of a row without its own: `base` plus a hash of the id, so rows start from different noise
-    and a row's seed does not change when the CSV is reordered or sharded."""
+    and a row's seed does not change when the CSV is reordered or split into parts."""
     return (base + zlib.crc32(row_id.encode())) % (MAX_SEED + 1)
 
 
@@ -213,79 +213,6 @@ def plan(rows: list[PromptRow], num_samples: int = 1, base_seed: int = 0,
     return items
 
 
-# ------------------------------------------------------------------------------------------------ results
-
-
-RESULTS = "results.jsonl"
-
-
-def results_path(out_dir: Path, shard: Shard) -> Path:
-    return out_dir / f"results{shard.suffix}.jsonl"
-
-
-def read_results(out_dir: Path) -> dict[str, dict]:
-    """One results line per output name over every results file of `out_dir` (the newest line of a name wins:
-    a rerun or another process replaced it); partial or broken lines are ignored."""
-    best: dict[str, dict] = {}
-    for path in sorted(Path(out_dir).glob("results*.jsonl")):
-        if path.is_symlink():  # planted: never read (and the next append refuses it)
-            continue
-        for text in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(text)
-                name, when = record["id"], float(record.get("time", 0))
-            except (ValueError, KeyError, TypeError):
-                continue
-            if name not in best or when >= float(best[name].get("time", 0)):
-                best[name] = record
-    return best
-
-
-class ResultsFile:
-    """This process's results file: one line per output name. A name written again (a rerun with new
-    settings) replaces its line, by an atomic rewrite of the file; a new name is appended."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines: dict[str, str] = {}
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            for text in data[: complete_prefix(data)].decode("utf-8", errors="replace").splitlines():
-                try:
-                    self.lines[json.loads(text)["id"]] = text
-                except (ValueError, KeyError, TypeError):
-                    continue
-
-    def write(self, record: dict) -> None:
-        text = json.dumps(record, ensure_ascii=False)
-        if record["id"] in self.lines:
-            self.lines[record["id"]] = text
-            write_text_atomic(self.path, "".join(line + "\n" for line in self.lines.values()))
-            return
-        self.lines[record["id"]] = text
-        append_line(self.path, text)
-
-
-def merge_results(out_dir: Path) -> Path:
-    """Merge every results file of `out_dir` (those of sharded runs too) into one `results.jsonl` with one line
-    per output, and delete the shard files it took in. An unsharded `uniform generate` does this at its end."""
-    path = Path(out_dir) / RESULTS
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_results(out_dir).values())
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        write_text_atomic(path, text)
-    for other in Path(out_dir).glob("results.shard-*.jsonl"):
-        other.unlink()
-    return path
-
-
-def append_line(path: Path, text: str) -> None:
-    """Append one line, flushed to disk (never through a link at `path`; a partial line left by a kill is cut)."""
-    with open_append(path) as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def settings_of(item: "WorkItem", options: "RunOptions", defaults) -> dict:
     """What makes an item's output what it is, with these options and the checkpoint's `[generate]` defaults:
     the fields of its results line that `--skip-existing` compares."""
@@ -345,12 +272,11 @@ def _prepare(item: WorkItem, spec: ClipSpec):
     return None, None
 
 
-def run_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOptions, shard: Shard = Shard(),
+def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOptions, part: Part = Part(),
               on_batch: Callable[[int], None] | None = None,
               on_step: Callable[[int, int], None] | None = None) -> RunReport:
     """Generate `items` in batches of `options.batch_size` with `pipeline`; write each clip's mp4 and wav, then
     its results line. A row whose media cannot be prepared fails alone (recorded in the report)."""
-    from uniform_cli.generate.pipeline import peak_memory_bytes
     from uniform_cli.media.io import MediaError, write_mp4, write_wav
     from uniform_cli.stage import StageError
 
@@ -358,7 +284,7 @@ def run_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOption
     sweep_temp(out_dir)  # what a killed run left half-written
     report = RunReport()
     start = time.perf_counter()
-    results = ResultsFile(results_path(out_dir, shard))
+    results = ResultsFile(results_path(out_dir, part))
     spec = pipeline.spec
     for batch in batches(items, options.batch_size):
         ready, videos, audios = [], [], []
@@ -440,12 +366,12 @@ class Selection:
     """Output name -> what differs ("steps 25 -> 50"); these are generated again."""
 
 
-def select(items: Iterable[WorkItem], shard: Shard, out_dir: Path, skip_existing: bool,
+def select(items: Iterable[WorkItem], part: Part, out_dir: Path, skip_existing: bool,
            options: RunOptions | None = None, defaults=None) -> Selection:
-    """This shard's items, minus those already done when `skip_existing`. An output that exists but whose
+    """This part's items, minus those already done when `skip_existing`. An output that exists but whose
     results line has other settings (`settings_of`) than these `options` and `defaults` give is generated again
     and listed in `changed`."""
-    mine = [item for item in items if shard.owns(item.name)]
+    mine = part.select(items, key=lambda item: item.name)
     out_dir = Path(out_dir)
     if not skip_existing or not out_dir.is_dir():
         return Selection(mine, 0)

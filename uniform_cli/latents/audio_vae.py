@@ -12,27 +12,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from uniform_cli.latents.codecs import CodecError
 from uniform_cli.media import mel as melspec
+from uniform_cli.pretrained import CodecError, download_command
 
 DEFAULT_CHECKPOINT = "cvssp/audioldm-s-full-v2"
-
-
-def _download_hint(id_or_path: str) -> str:
-    repo = id_or_path if not _looks_like_path(id_or_path) else DEFAULT_CHECKPOINT
-    return (
-        f"download it with `hf download {repo} --include 'vae/*' 'vocoder/*'` (it goes into the Hugging Face cache, "
-        f"$HF_HOME), or pass a folder holding vae/ (config.json + diffusion_pytorch_model.safetensors) and "
-        f"vocoder/ (config.json + model.safetensors)"
-    )
-
-
-def _looks_like_path(id_or_path: str) -> bool:
-    return id_or_path.startswith(("/", "./", "../", "~")) or Path(id_or_path).expanduser().exists()
+FILES = ["vae/*", "vocoder/*"]
+"""The parts of an AudioLDM repository the codec loads (the UNet and text encoder are not needed)."""
+WHAT = "AudioLDM checkpoint"
 
 
 class AudioLDMCodec:
@@ -77,25 +66,26 @@ class AudioLDMCodec:
         dtype: torch.dtype = torch.float32,
         micro_batch: int = 16,
     ) -> "AudioLDMCodec":
-        """Load `vae/` and `vocoder/` from a local folder or a hub id already in the local HF cache.
+        """Load `vae/` and `vocoder/` from a local folder or a hub id already in the local HF cache (never
+        downloads).
 
         Raises CodecError saying what to download and where when either part is missing.
         """
         from diffusers import AutoencoderKL
         from transformers import SpeechT5HifiGan
 
-        source = str(id_or_path)
-        if _looks_like_path(source):
-            folder = Path(source).expanduser()
-            missing = [f"{sub}/config.json" for sub in ("vae", "vocoder") if not (folder / sub / "config.json").is_file()]
-            if missing:
-                raise CodecError(f"AudioLDM checkpoint folder {folder} lacks {', '.join(missing)}; " + _download_hint(source))
-            source = str(folder)
+        from uniform_cli.pretrained import resolve_pretrained
+
+        folder = resolve_pretrained(id_or_path, FILES, WHAT, example=DEFAULT_CHECKPOINT, error=CodecError)
         try:
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=True, torch_dtype=dtype)
-            vocoder = SpeechT5HifiGan.from_pretrained(source, subfolder="vocoder", local_files_only=True, dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype)
+            vocoder = SpeechT5HifiGan.from_pretrained(str(folder), subfolder="vocoder", local_files_only=True, dtype=dtype)
         except (OSError, ValueError) as err:
-            raise CodecError(f"cannot load the AudioLDM checkpoint {source!r} ({err}); " + _download_hint(source)) from err
+            raise CodecError(
+                f"{WHAT}: cannot load {folder} ({err}); it needs vae/ (config.json + diffusion_pytorch_model."
+                f"safetensors) and vocoder/ (config.json + model.safetensors), as "
+                f"`{download_command(DEFAULT_CHECKPOINT, FILES)}` downloads them"
+            ) from err
         return cls(vae.to(device), vocoder.to(device), micro_batch=micro_batch)
 
     @property
@@ -105,6 +95,13 @@ class AudioLDMCodec:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
+
+    def latent_shape(self, num_samples: int) -> tuple[int, int, int]:
+        """`C T M` of a clip of `num_samples` samples (64,000 -> (8, 100, 16))."""
+        hop = melspec.HOP_LENGTH * self.downsample
+        if num_samples <= 0 or num_samples % hop:
+            raise ValueError(f"the AudioLDM codec needs a sample count that is a multiple of {hop}, got {num_samples}")
+        return (self.latent_channels, num_samples // hop, self.n_mels // self.downsample)
 
     def _chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(x.split(self.micro_batch)) if x.shape[0] else []
@@ -151,12 +148,13 @@ class AudioLDMCodec:
     def encode_mel(
         self,
         mel: torch.Tensor,
-        mode: Literal["sample", "mean"] = "sample",
+        *,
+        sample: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """log-mel `B T M` -> latent `B C T/4 M/4` (float32) times the checkpoint's scaling factor.
 
-        mode "sample" draws from the posterior as AudioLDM does; "mean" takes its mean (deterministic).
+        `sample=True` draws from the posterior as AudioLDM does; `sample=False` takes its mean (deterministic).
         """
         if mel.dim() != 3:
             raise ValueError(f"encode_mel expects a mel `B T M`, got shape {tuple(mel.shape)}")
@@ -166,12 +164,10 @@ class AudioLDMCodec:
                 f"mel of {frames} frames x {bins} bins is not divisible by the VAE's x{self.downsample}; "
                 f"use clips whose sample count is a multiple of {melspec.HOP_LENGTH * self.downsample}"
             )
-        if mode not in ("sample", "mean"):
-            raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
         latents = []
         for chunk in self._chunks(mel):
             posterior = self.vae.encode(chunk[:, None].to(self.device, self.dtype)).latent_dist  # B 1 T M in
-            z = posterior.sample(generator=generator) if mode == "sample" else posterior.mean
+            z = posterior.sample(generator=generator) if sample else posterior.mean
             latents.append(z.float() * self.scaling_factor)
         if not latents:
             return mel.new_zeros(0, self.latent_channels, frames // self.downsample, bins // self.downsample)
@@ -196,12 +192,16 @@ class AudioLDMCodec:
     def encode(
         self,
         wave: torch.Tensor,
-        mode: Literal["sample", "mean"] = "sample",
+        *,
+        sample: bool = True,
         generator: torch.Generator | None = None,
         normalize: bool = True,
     ) -> torch.Tensor:
-        """float `B S` -> latent `B 8 S/640 16` (already scaled for the model); 64,000 samples -> `B 8 100 16`."""
-        return self.encode_mel(self.wave_to_mel(wave, normalize=normalize), mode=mode, generator=generator)
+        """float `B S` -> latent `B 8 S/640 16` (already scaled for the model); 64,000 samples -> `B 8 100 16`.
+
+        `sample` and `generator` as in `encode_mel`.
+        """
+        return self.encode_mel(self.wave_to_mel(wave, normalize=normalize), sample=sample, generator=generator)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latent `B 8 T 16` -> float32 waveform `B S` in [-1, 1], S = 4T * 160 (64,000 for T = 100)."""

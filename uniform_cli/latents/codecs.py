@@ -3,20 +3,31 @@
 Codecs turn prepared media into the latents the model sees and back:
     video: uint8 `B F H W 3` <-> `B C F' H' W'`
     audio: float32 `B S` in [-1, 1] <-> `B C T M`
+Every codec encodes under one contract: `sample=True` draws from the posterior (how training latents are
+made), `sample=False` takes its mean (deterministic: what generation uses for given media). A weight-free
+codec has no posterior, so both give the same latent.
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Protocol
 
 import torch
 
-from uniform_cli.config import CodecConfig
+from uniform_cli.config import AudioCodecName, CodecConfig, VideoCodecName
+from uniform_cli.pretrained import CodecError
 
 
 class VideoCodec(Protocol):
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 `B F H W 3` -> latent `B C F' H' W'` (already shifted/scaled for the model)."""
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """`C F' H' W'` that `encode` makes of a clip of `num_frames` frames of `height` x `width` pixels."""
+        ...
+
+    def encode(self, frames: torch.Tensor, *, sample: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 `B F H W 3` -> latent `B C F' H' W'` (already shifted/scaled for the model); `sample=False`
+        is deterministic, `generator` makes a sampled encode reproducible."""
         ...
 
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -25,17 +36,19 @@ class VideoCodec(Protocol):
 
 
 class AudioCodec(Protocol):
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """float `B S` -> latent `B C T M` (already scaled for the model)."""
+    def latent_shape(self, num_samples: int) -> tuple[int, int, int]:
+        """`C T M` that `encode` makes of a clip of `num_samples` samples."""
+        ...
+
+    def encode(self, wave: torch.Tensor, *, sample: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """float `B S` -> latent `B C T M` (already scaled for the model); `sample=False` is deterministic,
+        `generator` makes a sampled encode reproducible."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latent `B C T M` -> float `B S` waveform in [-1, 1]."""
         ...
-
-
-class CodecError(RuntimeError):
-    """A codec's weights are missing or do not match; the message says what to download and where."""
 
 
 def build_video_codec(cfg: CodecConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VideoCodec:
@@ -48,7 +61,8 @@ def build_video_codec(cfg: CodecConfig, device: str | torch.device = "cpu", dtyp
         from uniform_cli.latents.pixel import PixelCodec
 
         return PixelCodec()
-    raise CodecError(f"unknown video codec {cfg.video!r} in [codec] video; choose 'opensora' or 'pixel'")
+    choices = " or ".join(repr(c) for c in typing.get_args(VideoCodecName))
+    raise CodecError(f"unknown video codec {cfg.video!r} in [codec] video; choose {choices}")
 
 
 def build_audio_codec(cfg: CodecConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AudioCodec:
@@ -61,4 +75,5 @@ def build_audio_codec(cfg: CodecConfig, device: str | torch.device = "cpu", dtyp
         from uniform_cli.latents.melcodec import MelCodec
 
         return MelCodec()
-    raise CodecError(f"unknown audio codec {cfg.audio!r} in [codec] audio; choose 'audioldm' or 'mel'")
+    choices = " or ".join(repr(c) for c in typing.get_args(AudioCodecName))
+    raise CodecError(f"unknown audio codec {cfg.audio!r} in [codec] audio; choose {choices}")

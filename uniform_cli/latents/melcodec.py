@@ -107,8 +107,13 @@ class MelCodec:
     # -- the AudioCodec protocol -----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """float `B S` -> latent `B 16 S/640 4` (64,000 samples -> `B 16 100 4`)."""
+    def encode(self, wave: torch.Tensor, *, sample: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """float `B S` -> latent `B 16 S/640 4` (64,000 samples -> `B 16 100 4`).
+
+        The latent is a fixed function of the wave (no posterior), so `sample` and `generator`, taken for the
+        `AudioCodec` contract, change nothing.
+        """
         log_mel = self.wave_to_mel(wave)  # B T M
         b, t, m = log_mel.shape
         pooled = log_mel.reshape(b, t // TIME_POOL, TIME_POOL, m).mean(dim=2)  # B T/4 M

@@ -70,8 +70,13 @@ class PixelCodec:
             )
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 `B F H W 3` -> float32 latent `B 24 F' H/8 W/8` in [-2, 2]."""
+    def encode(self, frames: torch.Tensor, *, sample: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 `B F H W 3` -> float32 latent `B 24 F' H/8 W/8` in [-2, 2].
+
+        The latent is a fixed function of the frames (no posterior), so `sample` and `generator`, taken for
+        the `VideoCodec` contract, change nothing.
+        """
         if frames.dim() != 5 or frames.shape[-1] != 3:
             raise ValueError(f"pixel codec expects uint8 frames `B F H W 3`, got shape {tuple(frames.shape)}")
         if frames.dtype != torch.uint8:

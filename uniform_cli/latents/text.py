@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from uniform_cli.latents.codecs import CodecError
+from uniform_cli.pretrained import PretrainedError
 
 DEFAULT_TEXT_ENCODER = "DeepFloyd/t5-v1_1-xxl"
+WHAT = "text encoder"
 
 # model types whose encoder loads on its own as `T5EncoderModel` (no decoder weights in memory)
 _T5_FAMILY = {"t5", "mt5", "umt5"}
@@ -20,8 +21,8 @@ _T5_FAMILY = {"t5", "mt5", "umt5"}
 _PROBE = "a the and"  # words every English vocabulary holds
 
 
-def _looks_like_path(id_or_path: str) -> bool:
-    return id_or_path.startswith(("/", "./", "../", "~")) or Path(id_or_path).expanduser().exists()
+class TextEncoderError(PretrainedError):
+    """A text encoder that is missing or cannot be used; the message says what to download and where."""
 
 
 class TextEncoder:
@@ -52,23 +53,24 @@ class TextEncoder:
         """Load the tokenizer and the encoder; T5-family models load only their encoder (`T5EncoderModel`).
         The name "hash" (or "hash:DIM") gives the weight-free `HashTextEncoder` instead.
 
-        Raises CodecError saying what to download and where when the model or its tokenizer is missing.
+        Raises TextEncoderError saying what to download and where when the model or its tokenizer is missing.
         """
         if HashTextEncoder.names(str(id_or_path)):
             return HashTextEncoder.from_name(str(id_or_path), max_length=max_length, device=device)
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
-        source = str(id_or_path)
+        from uniform_cli.pretrained import download_command, resolve_pretrained
+
+        folder = resolve_pretrained(id_or_path, [], WHAT, example=DEFAULT_TEXT_ENCODER, error=TextEncoderError)
+        given_folder = Path(id_or_path).expanduser().is_dir()
         hint = (
-            f"download it with `hf download {source if not _looks_like_path(source) else DEFAULT_TEXT_ENCODER}` "
+            f"download it with `{download_command(DEFAULT_TEXT_ENCODER if given_folder else str(id_or_path))}` "
             f"(it goes into the Hugging Face cache, $HF_HOME), or pass a folder holding config.json, the weights "
             f"and the tokenizer files"
         )
-        if _looks_like_path(source):
-            folder = Path(source).expanduser()
-            if not (folder / "config.json").is_file():
-                raise CodecError(f"text encoder folder {folder} lacks config.json; {hint}")
-            source = str(folder)
+        if not (folder / "config.json").is_file():
+            raise TextEncoderError(f"{WHAT}: {folder} lacks config.json; {hint}")
+        source = str(folder)
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
@@ -79,13 +81,13 @@ class TextEncoder:
                 if getattr(model.config, "is_encoder_decoder", False):
                     model = model.get_encoder()
         except (OSError, ValueError) as err:
-            raise CodecError(f"cannot load the text encoder {source!r} ({err}); {hint}") from err
+            raise TextEncoderError(f"cannot load the text encoder {source!r} ({err}); {hint}") from err
         if tokenizer.pad_token is None:
-            raise CodecError(f"the tokenizer of {source!r} has no pad token; batched captions need one")
+            raise TextEncoderError(f"the tokenizer of {source!r} has no pad token; batched captions need one")
         # transformers builds a placeholder vocabulary when the tokenizer files are absent; catch it here
         probe = tokenizer(_PROBE)["input_ids"]
         if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in probe:
-            raise CodecError(
+            raise TextEncoderError(
                 f"the tokenizer of {source!r} maps common words to {tokenizer.unk_token!r}: its tokenizer files "
                 f"(tokenizer.json, spiece.model, ...) are missing or wrong; {hint}"
             )
@@ -152,7 +154,7 @@ class HashTextEncoder:
         """"hash" or "hash:DIM" -> an encoder of that width."""
         _, _, width = name.partition(":")
         if width and not width.isdigit():
-            raise CodecError(f"text encoder {name!r}: write 'hash' or 'hash:DIM' with DIM a positive integer")
+            raise TextEncoderError(f"text encoder {name!r}: write 'hash' or 'hash:DIM' with DIM a positive integer")
         return cls(int(width) if width else HASH_DIM, max_length=max_length, device=device)
 
     @property

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from uniform_cli.latents.codecs import CodecError
 from uniform_cli.latents.temporal_vae import TemporalVAE, TemporalVAEConfig, gaussian_latent, latent_length
+from uniform_cli.pretrained import CodecError
 
 REPO_ID = "hpcai-tech/OpenSora-VAE-v1.2"
 CONFIG_NAME = "config.json"
@@ -119,9 +119,7 @@ class SpatialVAE(nn.Module):
 class OpenSoraVAE(nn.Module):
     """Open-Sora VAE v1.2; a `VideoCodec` (uint8 frames <-> shifted/scaled latents).
 
-    `sample` chooses what encode returns: a draw from both posteriors (True, upstream's choice when it made
-    training latents) or their means (False, deterministic). Build with `from_pretrained`; the constructor
-    makes random weights (for tests and benchmarks).
+    Build with `from_pretrained`; the constructor makes random weights (for tests and benchmarks).
     """
 
     def __init__(
@@ -132,7 +130,6 @@ class OpenSoraVAE(nn.Module):
         shift: tuple[float, ...] = SHIFT,
         scale: tuple[float, ...] = SCALE,
         micro_batch_frames: int = 4,
-        sample: bool = True,
     ) -> None:
         super().__init__()
         self.spatial_config = dict(spatial_config or SDXL_VAE_CONFIG)
@@ -142,7 +139,6 @@ class OpenSoraVAE(nn.Module):
         self.spatial_vae = SpatialVAE(self.spatial_config, micro_batch_frames)
         self.temporal_vae = TemporalVAE(self.temporal_config)
         self.micro_frame_size = micro_frame_size
-        self.sample = sample
         self.name_or_path: str | None = None
         """The hub id or folder `from_pretrained` loaded (recorded next to the latents it makes)."""
         self.checkpoint_dir: Path | None = None
@@ -183,14 +179,14 @@ class OpenSoraVAE(nn.Module):
 
     @torch.no_grad()
     def encode(
-        self, frames: torch.Tensor, sample: bool | None = None, generator: torch.Generator | None = None
+        self, frames: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """uint8 `B F H W 3` -> latent `B 4 F' H/8 W/8`, shifted and scaled for the model.
 
-        `sample` overrides the instance's choice; `generator` makes a sampled encode reproducible.
+        `sample=True` draws from both posteriors (upstream's choice when it made training latents);
+        `sample=False` takes their means (deterministic). `generator` makes a sampled encode reproducible.
         """
         self._check_frames(frames)
-        sample = self.sample if sample is None else sample
         param = next(self.parameters())
         pixels = frames_to_pixels(frames.to(param.device)).to(param.dtype)
         z = self.spatial_vae.encode(pixels, sample, generator)  # B 4 F h w
@@ -291,7 +287,6 @@ class OpenSoraVAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         *,
         micro_batch_frames: int | None = None,
-        sample: bool = True,
         cache_dir: str | Path | None = None,
     ) -> "OpenSoraVAE":
         """Load from a folder or a hub id already in the local Hugging Face cache (never downloads).
@@ -301,15 +296,17 @@ class OpenSoraVAE(nn.Module):
         """
         from safetensors import safe_open
 
-        from uniform_cli.latents.hub import resolve_checkpoint
+        from uniform_cli.pretrained import resolve_pretrained
 
-        folder = resolve_checkpoint(id_or_path, [CONFIG_NAME, WEIGHTS_NAME], WHAT, cache_dir)
+        folder = resolve_pretrained(
+            id_or_path, [CONFIG_NAME, WEIGHTS_NAME], WHAT, cache_dir, example=REPO_ID, error=CodecError
+        )
         config = _read_config(folder / CONFIG_NAME)
         kwargs = _constructor_kwargs(config, folder / CONFIG_NAME)
         if micro_batch_frames is not None:
             kwargs["micro_batch_frames"] = micro_batch_frames
         with torch.device("meta"):
-            model = cls(**kwargs, sample=sample)
+            model = cls(**kwargs)
 
         expected = model.state_dict()
         with safe_open(str(folder / WEIGHTS_NAME), framework="pt", device="cpu") as f:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 STATE_FILE = "trainer_state.json"
 
 
@@ -91,8 +90,9 @@ def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, state: dict[str, Any
     return final
 
 
-def resolve_checkpoint(path: str, ckpt_dir: Path) -> Path:
-    """`latest` or a checkpoint folder -> the folder; a clear error when there is none."""
+def resume_folder(path: str, ckpt_dir: Path) -> Path:
+    """The resumable checkpoint `--resume` names: `latest` (in `ckpt_dir`) or a checkpoint folder; a clear
+    error when there is none."""
     folder = ckpt_dir / "latest" if path == "latest" else Path(path)
     if not (folder / STATE_FILE).is_file():
         where = f"{ckpt_dir}/latest" if path == "latest" else str(folder)
