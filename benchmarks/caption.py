@@ -18,6 +18,8 @@ import time
 import numpy as np
 import torch
 
+from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
+
 SIZES = {
     # CLIP ViT-L/14 at 336 px and Vicuna-7B (LLaVA-1.6 7B), as in ermu2001/pllava-7b.
     "7b": (
@@ -72,7 +74,7 @@ def main() -> None:
     b = args.batch_size
 
     if args.model:
-        from uniform_cli.prep.captioners import CaptionInput
+        from uniform_cli.prep.captioners.contract import CaptionInput
         from uniform_cli.prep.captioners.pllava import PllavaCaptioner
 
         captioner = PllavaCaptioner(
@@ -107,8 +109,7 @@ def main() -> None:
 
     one_batch()  # warm-up: kernels, allocator
     sync()
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(args.device)
     t0 = time.perf_counter()
     for _ in range(args.batches):
         one_batch()
@@ -130,7 +131,7 @@ def main() -> None:
                 "seconds": round(seconds, 3),
                 "clips_per_s": round(clips / seconds, 3),
                 "new_tokens_per_s": round(clips * args.max_new_tokens / seconds, 1),
-                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                "peak_gib": round(peak_memory_bytes(args.device)[0] / 2**30, 2) if cuda else None,
             }
         )
     )

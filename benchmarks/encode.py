@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 
 TINY_SPATIAL = {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4}
 TINY_TEMPORAL = {"filters": 4, "num_res_blocks": 1, "num_groups": 2}
@@ -72,7 +73,7 @@ def build_checkpoints(folder: Path, tiny: bool) -> tuple[str, str]:
 def read_throughput(folder: Path, clips: int, workers: int) -> float:
     """Clips/s of decoding one real 4 s clip (mp4 + wav) repeatedly with the driver's read-ahead threads."""
     from uniform_cli.config import DataConfig
-    from uniform_cli.latents.encode import Job, read_ahead, read_clip
+    from uniform_cli.latents.clip_reader import Job, read_ahead, read_clip
     from uniform_cli.media.io import write_mp4, write_wav
 
     data = DataConfig()
@@ -83,7 +84,7 @@ def read_throughput(folder: Path, clips: int, workers: int) -> float:
     write_wav(folder / "clip.wav", 0.3 * np.sin(np.arange(data.samples) * 0.05), data.sample_rate)
     job = Job("clip", "train", "", folder / "clip.mp4", folder / "clip.wav", "", {})
     t0 = time.perf_counter()
-    for _, clip in read_ahead([job] * clips, lambda j: read_clip(j, data), workers, 2 * workers):
+    for _, clip in read_ahead([job] * clips, lambda j: read_clip(j, data.clip), workers, 2 * workers):
         if not hasattr(clip, "frames"):
             raise RuntimeError(f"reading the benchmark clip failed: {clip}")
     return clips / (time.perf_counter() - t0)
@@ -101,8 +102,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from uniform_cli.config import CodecConfig, DataConfig
+    from uniform_cli.latents.clip_reader import Clip, Job
     from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
-    from uniform_cli.latents.encode import BatchEncoder, Clip, Job, resolve_device
+    from uniform_cli.latents.encode import BatchEncoder, resolve_device
 
     device, dtype = resolve_device(args.device, args.dtype)
     data = DataConfig()
@@ -133,8 +135,7 @@ def main() -> None:
 
         out = encoder.encode(batch)  # warm-up (cuDNN autotuning, allocator)
         shapes = [list(out[0][0].shape), list(out[0][1].shape)]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         sync()
         t0 = time.perf_counter()
         for _ in range(args.batches):
@@ -171,8 +172,8 @@ def main() -> None:
         "read_clips_per_s": round(read_rate, 2),
         "read_workers": args.workers,
         "latent_shapes": shapes,
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_gpu_memory_gb": round(peak_memory_bytes(device)[0] / 2**30, 3) if device.type == "cuda" else None,
+        "peak_rss_gb": round(peak_memory_bytes("cpu")[0] / 2**30, 3),
     }
     print(json.dumps(result))
 

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from uniform_cli.atomic import UnsafePathError, complete_prefix, open_append, write_text_atomic
-from uniform_cli.generate.runner import append_line
+from uniform_cli.atomic import UnsafePathError, complete_prefix, open_append, read_complete, write_text_atomic
+from uniform_cli.generate.results import append_line
 from uniform_cli.stage import ItemResult, StatusTable, read_status
 
 
@@ -16,6 +16,14 @@ def test_complete_prefix_ends_at_the_last_whole_line():
     assert complete_prefix(b'a\n"b\nc', csv_quotes=True) == 2  # inside an open quoted field
     assert complete_prefix(b'a\n"b\nc"\n', csv_quotes=True) == 8
     assert complete_prefix(b'a,"say ""hi""\n"\n', csv_quotes=True) == 16
+
+
+def test_reading_a_line_file_leaves_out_a_line_cut_by_a_kill(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "c\xff')
+    assert read_complete(path) == '{"id": "a"}\n{"id": "b"}\n'
+    path.write_bytes(b'key,error\na,"two\nlines"\nb,"cut\n')
+    assert read_complete(path, csv_quotes=True) == 'key,error\na,"two\nlines"\n'
 
 
 @pytest.mark.parametrize("write", ["table", "results", "open_append"])

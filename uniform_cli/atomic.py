@@ -92,6 +92,13 @@ def complete_prefix(data: bytes, csv_quotes: bool = False) -> int:
     return int(breaks[-1]) + 1 if len(breaks) else 0
 
 
+def read_complete(path: str | Path, csv_quotes: bool = False) -> str:
+    """The text of a line file (a status table, a results file) up to its last complete line: a line cut off by a
+    killed run is left out (see `complete_prefix`; `csv_quotes` for CSV). Bytes that are not UTF-8 are replaced."""
+    data = Path(path).read_bytes()
+    return data[: complete_prefix(data, csv_quotes)].decode("utf-8", errors="replace")
+
+
 def open_append(path: str | Path, csv_quotes: bool = False) -> IO[str]:
     """Open a line file (a status table, results.jsonl) for appending text. A symbolic link at `path`, or a
     directory or FIFO, is refused (UnsafePathError); a partial last line left by a killed run is cut first

@@ -1,8 +1,12 @@
-"""What every data stage shares: status tables, sharding, failure caps, workers, progress and summary.
+"""What every data stage shares: parts of the work, status tables, failure caps, workers, the result and its summary.
 
 A stage keeps no hidden state. It appends one CSV row per finished item to its status table
-(`ROOT/{stage}.csv`, or `ROOT/{stage}.shard-I-of-N.csv` when sharded); the last row of a key wins, so a
-rerun knows what is done. A killed run can leave at most one partial last line, which is ignored.
+(`ROOT/{table}.csv`, or `ROOT/{table}.part-I-of-N.csv` for part I of N of the work); the last row of a key wins,
+so a rerun knows what is done. A killed run can leave at most one partial last line, which is ignored.
+
+Every stage (fetch, clip, caption, encode) takes all the items and a `Part`, keeps the items its part owns
+(`Part.select`), leaves out those done before (`drop_done`) and returns a `StageResult`, which each command
+prints (`print_summary`) and turns into its exit code the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from uniform_cli.atomic import complete_prefix, open_append
+from uniform_cli.atomic import open_append, read_complete
+
+T = TypeVar("T")
 
 OK = "ok"
 
@@ -45,44 +51,54 @@ class ItemResult:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------- sharding
+# ----------------------------------------------------------------------------------------- parts of work
 
 
 @dataclass(frozen=True)
-class Shard:
-    """This process's part of the work: items whose key hashes to `index` modulo `count`."""
+class Part:
+    """This process's part of the work (`--part I/N`): the items whose key hashes to `index` modulo `count`."""
 
     index: int = 0
     count: int = 1
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"bad shard {self.index}/{self.count}: need 0 <= I < N")
+            raise ValueError(f"bad part {self.index}/{self.count}: need 0 <= I < N")
 
     def owns(self, key: str) -> bool:
         return zlib.crc32(key.encode()) % self.count == self.index
 
+    def select(self, items: Iterable[T], key: Callable[[T], str] = lambda item: item.key) -> list[T]:
+        """The items this part owns, in order."""
+        return [item for item in items if self.owns(key(item))]
+
     @property
     def suffix(self) -> str:
-        """'' for a single shard, '.shard-I-of-N' otherwise (used in status-table names)."""
-        return "" if self.count == 1 else f".shard-{self.index}-of-{self.count}"
+        """'' for the whole work, '.part-I-of-N' otherwise (in the names of status tables and results files)."""
+        return "" if self.count == 1 else f".part-{self.index}-of-{self.count}"
 
 
-def parse_shard(text: str | None, env: dict[str, str] | None = None) -> Shard:
-    """`--shard I/N`, else torchrun's RANK/WORLD_SIZE, else SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT."""
+def parse_part(text: str | None, env: dict[str, str] | None = None) -> Part:
+    """`--part I/N`, else torchrun's RANK/WORLD_SIZE, else SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT."""
     env = os.environ if env is None else env
     if text:
         try:
             i, n = (int(x) for x in text.split("/"))
         except ValueError:
-            raise ValueError(f"--shard must look like I/N (e.g. 0/4), not {text!r}") from None
-        return Shard(i, n)
+            raise ValueError(f"--part must look like I/N (e.g. 0/4), not {text!r}") from None
+        return Part(i, n)
     if "WORLD_SIZE" in env and "RANK" in env:
-        return Shard(int(env["RANK"]), int(env["WORLD_SIZE"]))
+        return Part(int(env["RANK"]), int(env["WORLD_SIZE"]))
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return Shard(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
-    return Shard()
+        return Part(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
+    return Part()
+
+
+def drop_done(items: Sequence[T], done: Callable[[T], bool]) -> tuple[list[T], int]:
+    """The items still to do, and how many were done before (a stage's `skipped`)."""
+    todo = [item for item in items if not done(item)]
+    return todo, len(items) - len(todo)
 
 
 # ---------------------------------------------------------------------------------------- status tables
@@ -92,12 +108,18 @@ class StatusTable:
     """Append-only CSV of item results with fixed columns `key,status,error,<fields...>`."""
 
     def __init__(self, path: str | Path, fields: Sequence[str]):
+        """The table at `path` (see `for_part` for a stage's own), with its rows so far."""
         self.path = Path(path)
         self.columns = ["key", "status", "error", *fields]
         self.rows: dict[str, dict[str, str]] = {}
         if self.path.exists():
             self.rows = _read_rows(self.path)
         self._file = None
+
+    @classmethod
+    def for_part(cls, root: str | Path, name: str, part: Part, fields: Sequence[str]) -> "StatusTable":
+        """The status table that `part`'s process of a stage writes: `ROOT/{name}{part.suffix}.csv`."""
+        return cls(Path(root) / f"{name}{part.suffix}.csv", fields)
 
     def status(self, key: str) -> str | None:
         row = self.rows.get(key)
@@ -146,10 +168,9 @@ def _cell(v: Any) -> str:
 def _read_rows(path: Path) -> dict[str, dict[str, str]]:
     """Rows of a status CSV, last row per key winning; blank and partial lines skipped."""
     rows: dict[str, dict[str, str]] = {}
-    data = path.read_bytes()
     # Every complete row ends with a line break outside quotes: what follows the last one is a row cut off
     # by a kill, even when it happens to have the right number of fields.
-    text = data[: complete_prefix(data, csv_quotes=True)].decode("utf-8", errors="replace")
+    text = read_complete(path, csv_quotes=True)
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:
@@ -163,10 +184,10 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
 
 
 def read_status(root: str | Path, stage: str) -> dict[str, dict[str, str]]:
-    """Merge a stage's status tables (`{stage}.csv` and every shard's) into one row per key."""
+    """Merge a stage's status tables (`{stage}.csv` and every part's) into one row per key."""
     root = Path(root)
     rows: dict[str, dict[str, str]] = {}
-    for path in sorted(root.glob(f"{stage}.csv")) + sorted(root.glob(f"{stage}.shard-*.csv")):
+    for path in sorted(root.glob(f"{stage}.csv")) + sorted(root.glob(f"{stage}.part-*.csv")):
         rows.update(_read_rows(path))
     return rows
 
@@ -214,7 +235,7 @@ def _call(work: Callable[[Any], ItemResult], item: Any, key: str) -> ItemResult:
         return ItemResult(key, "error", f"{type(e).__name__}: {e}")
 
 
-def run_items(
+def run_stage(
     items: Sequence[Any],
     work: Callable[[Any], ItemResult],
     table: StatusTable,
@@ -276,24 +297,73 @@ def _as_done(futures: Iterable[Future]) -> Iterable[Future]:
         yield from done
 
 
-def print_summary(stage: str, counts: Counter, skipped: int, table: StatusTable, seconds: float, where: str) -> None:
-    """One screen: done / skipped / failed by reason, the most common errors, and where the files are."""
+# ------------------------------------------------------------------------------------------------ result
+
+
+@dataclass
+class StageResult:
+    """What one process's run of a data stage did: every stage returns one, and every data command prints it
+    (`print_summary`) and turns it into its exit code (`nothing_succeeded`)."""
+
+    stage: str
+    """The command: fetch, clip, caption or encode."""
+    counts: Counter
+    """This run's items by status word."""
+    skipped: int
+    """Items done before (by this process or another part's), not done again."""
+    seconds: float
+    table: Path
+    """This process's status table."""
+    outputs: Path
+    """Where the stage writes its files."""
+    errors: list[tuple[str, int]] = field(default_factory=list)
+    """The most common error messages of the status table (their first 120 characters), with how many rows
+    have each (`common_errors`)."""
+    left_out: list[str] = field(default_factory=list)
+    """Keys whose input the stage before (`needs`) has not made yet: neither tried nor recorded."""
+    needs: str = ""
+    """The stage that makes this one's input (fetch for clip, clip for encode)."""
+    ok: tuple[str, ...] = (OK,)
+    """The status words that mean done (fetch's `local` too)."""
+
+    @property
+    def nothing_succeeded(self) -> bool:
+        """Items were meant for this run and none is done, now or before (a job script must notice)."""
+        meant = sum(self.counts.values()) + len(self.left_out)
+        return bool(meant) and not self.skipped and not any(self.counts.get(word, 0) for word in self.ok)
+
+
+def common_errors(table: StatusTable, most: int = 5) -> list[tuple[str, int]]:
+    """The `most` most common error messages among the table's failed rows (cut to 120 characters)."""
+    errors = Counter(row["error"][:120] for row in table.rows.values() if row["status"] != OK and row["error"])
+    return errors.most_common(most)
+
+
+def print_summary(result: StageResult) -> None:
+    """One screen: done / skipped / failed by reason, the most common errors, what was left out and where the
+    files are."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(soft_wrap=True)  # a log keeps long paths and URLs on one line
-    summary = Table(title=f"uniform {stage}: {sum(counts.values())} items in {seconds:.1f} s", show_header=True)
+    counts = result.counts
+    summary = Table(title=f"uniform {result.stage}: {sum(counts.values())} items in {result.seconds:.1f} s")
     summary.add_column("status")
     summary.add_column("items", justify="right")
-    for status, n in sorted(counts.items(), key=lambda kv: (kv[0] != OK, -kv[1])):
+    for status, n in sorted(counts.items(), key=lambda kv: (kv[0] not in result.ok, -kv[1])):
         summary.add_row(status, str(n))
-    if skipped:
-        summary.add_row("skipped (done before)", str(skipped))
+    if result.skipped:
+        summary.add_row("skipped (done before)", str(result.skipped))
     console.print(summary)
-    errors = Counter(row["error"][:120] for row in table.rows.values() if row["status"] != OK and row["error"])
-    for message, n in errors.most_common(5):
-        console.print(f"  [red]{n} x[/red] {message}")
-    console.print(f"status table: {table.path}\noutputs: {where}")
+    for message, n in result.errors:
+        console.print(f"  [red]{n} x[/red] {escape(message)}")
+    if result.left_out:
+        console.print(
+            f"{len(result.left_out)} item(s) have no `{result.needs}` output yet (e.g. {escape(result.left_out[0])}): "
+            f"run `uniform {result.needs}` on them first; they were left out."
+        )
+    console.print(f"status table: {escape(str(result.table))}\noutputs: {escape(str(result.outputs))}")
 
 
 def timer() -> Callable[[], float]:

@@ -36,7 +36,7 @@ def test_recipe_selects_the_codecs_and_their_latents_fit_the_demo_preset():
 
 
 def test_unknown_codec_names_list_the_choices():
-    from uniform_cli.latents.codecs import CodecError
+    from uniform_cli.pretrained import CodecError
 
     with pytest.raises(CodecError, match="'opensora' or 'pixel'"):
         build_video_codec(CodecConfig(video="pixels"))
@@ -148,7 +148,7 @@ def test_hash_text_encoder_is_deterministic_per_word():
     assert not torch.allclose(emb[0, 0], emb[0, 1])
     again, _ = TextEncoder.from_pretrained("hash:16", max_length=4)(["bouncing ball"])
     torch.testing.assert_close(again[0, :2], emb[0, :2])
-    from uniform_cli.latents.codecs import CodecError
+    from uniform_cli.latents.text import TextEncoderError
 
-    with pytest.raises(CodecError, match="hash:DIM"):
+    with pytest.raises(TextEncoderError, match="hash:DIM"):
         TextEncoder.from_pretrained("hash:wide")

@@ -1,4 +1,4 @@
-"""`uniform encode` with the real (tiny, random) codecs: paper shapes, recorded failures, kill and resume, --shard."""
+"""`uniform encode` with the real (tiny, random) codecs: paper shapes, recorded failures, kill and resume, --part."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import pytest
 from tests.fixtures.codecs import make_audioldm_folder, make_opensora_vae_folder, make_text_encoder_folder
 from uniform_cli.config import CodecConfig, DataConfig
 from uniform_cli.latents.encode import EncodeOptions, encode_dataset
-from uniform_cli.latents.loader import ShardDataError, make_loader, shard_info
+from uniform_cli.latents.loader import make_loader
+from uniform_cli.latents.shard_info import ShardDataError, shard_info
 from uniform_cli.latents.shards import ShardFormatError, read_stats
 from uniform_cli.media.io import write_mp4, write_wav
 from uniform_cli.prep.manifest import read_manifest
-from uniform_cli.stage import ItemResult, Shard, StatusTable, read_status
+from uniform_cli.stage import ItemResult, Part, StatusTable, read_status
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT_DIM = 16
@@ -98,6 +99,7 @@ def test_encode_gives_the_paper_shapes_and_records_failures(tmp_path, codecs):
                              EncodeOptions(batch_size=2, samples_per_shard=4, workers=2))
 
     assert summary.counts == {"ok": 2, "corrupt": 1, "no_caption": 1}
+    assert summary.table == root / "encode.csv" and summary.outputs == root / "shards" and not summary.left_out
     status = read_status(root, "encode")
     assert {k: r["status"] for k, r in status.items()} == {
         "good_a": "ok", "good_b": "ok", "broken": "corrupt", "silent_c": "no_caption"}
@@ -186,24 +188,25 @@ def test_killed_mid_shard_then_rerun_gives_every_key_once(tmp_path, codecs):
                 for k, c in zip(b.keys, b.captions)}
     assert captions["clip_6"] == "" and captions["clip_0"] == caption(0)
 
+    shard_files = sorted(shards.iterdir())
     again = encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, EncodeOptions(samples_per_shard=2))
-    assert again.skipped == 7 and not again.counts and not again.shards
+    assert again.skipped == 7 and not again.counts and sorted(shards.iterdir()) == shard_files
 
 
-def test_sharded_processes_split_the_work_and_the_index_merges(tmp_path, codecs):
+def test_processes_of_parts_split_the_work_and_the_index_merges(tmp_path, codecs):
     keys = [f"k{i}" for i in range(6)]
     root = tmp_path / "data"
     manifest = make_dataset(root, [*keys, "small"], TINY_DATA, splits={"k0": "test", "k1": "test"}, too_small=("small",))
     items = read_manifest(manifest)
     for i in range(2):
         encode_dataset(items, root, codecs, TINY_DATA,
-                       EncodeOptions(shard=Shard(i, 2), samples_per_shard=8, text_embeddings=False))
+                       EncodeOptions(part=Part(i, 2), samples_per_shard=8, text_embeddings=False))
     names = sorted(p.name for p in (root / "shards").glob("*.tar"))
     assert all(n.split("-")[1] in ("00", "01") for n in names)
     assert sorted(all_shard_keys(root / "shards")) == keys
     info = shard_info([root])
     assert info.num_samples == {"train": 4, "test": 2} and info.text_dim is None
-    status = read_status(root, "encode")  # encode.shard-0-of-2.csv + encode.shard-1-of-2.csv
+    status = read_status(root, "encode")  # encode.part-0-of-2.csv + encode.part-1-of-2.csv
     assert sorted(status) == sorted([*keys, "small"])
     assert status["small"]["status"] == "bad_clip" and "17x32x32x3, expected 17x64x64x3" in status["small"]["error"]
 
@@ -246,7 +249,7 @@ def test_garbage_stats_and_tars_are_clear_errors_naming_the_file(tmp_path, codec
         assert "train-00000.tar.stats.json" in str(err.value)
 
 
-def test_a_second_encode_of_the_same_shard_on_one_root_is_refused(tmp_path, codecs):
+def test_a_second_encode_of_the_same_part_on_one_root_is_refused(tmp_path, codecs):
     from uniform_cli.atomic import Busy, exclusive
 
     root = tmp_path / "data"
@@ -255,9 +258,9 @@ def test_a_second_encode_of_the_same_shard_on_one_root_is_refused(tmp_path, code
     (root / "shards" / "train-00000.tar.tmp").write_bytes(b"the first run's shard in progress")
     options = EncodeOptions(batch_size=2, samples_per_shard=2, text_embeddings=False)
     with exclusive(root / "shards" / ".encode.lock", "the first run"):  # as a first run holds it
-        with pytest.raises(Busy, match="another `uniform encode` with --shard 0/1"):
+        with pytest.raises(Busy, match="another `uniform encode` with --part 0/1"):
             encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, options)
         assert (root / "shards" / "train-00000.tar.tmp").is_file()  # nothing of the first run was touched
-    sharded = EncodeOptions(batch_size=2, samples_per_shard=2, text_embeddings=False, shard=Shard(1, 2))
-    with exclusive(root / "shards" / ".encode.lock", "the first run"):  # another --shard is other work
-        encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, sharded)
+    other_part = EncodeOptions(batch_size=2, samples_per_shard=2, text_embeddings=False, part=Part(1, 2))
+    with exclusive(root / "shards" / ".encode.lock", "the first run"):  # another --part is other work
+        encode_dataset(read_manifest(manifest), root, codecs, TINY_DATA, other_part)

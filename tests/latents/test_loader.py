@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.latents.test_shards import AUDIO, VIDEO, write_random_shards
-from uniform_cli.latents.loader import ShardDataError, make_loader, shard_info
+from uniform_cli.latents.loader import make_loader
+from uniform_cli.latents.shard_info import ShardDataError, shard_info
 from uniform_cli.latents.shards import ShardFormatError
 
 KEYS = [f"k{i:02d}" for i in range(24)]

@@ -1,4 +1,4 @@
-"""The shard writer: complete shards only, stats and index, readable by plain webdataset."""
+"""The shard writer and the shards on disk: complete shards only, stats and index, readable by plain webdataset."""
 
 from __future__ import annotations
 
@@ -8,22 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from uniform_cli.latents.shard_writer import LatentSample, SplitShardWriter, discard_partial, next_sequence
 from uniform_cli.latents.shards import (
     INDEX_FILE,
-    LatentSample,
     ShardFormatError,
     ShardStats,
-    SplitShardWriter,
     check_compatible,
-    discard_partial,
     done_keys,
-    next_sequence,
     read_index,
     read_stats,
     recover_stats,
     write_index,
 )
-from uniform_cli.stage import Shard
+from uniform_cli.stage import Part
 
 VIDEO = (4, 20, 32, 32)
 AUDIO = (8, 100, 16)
@@ -48,7 +45,7 @@ def write_random_shards(
     per_shard: int,
     text_dim: int | None = None,
     split: str = "train",
-    shard: Shard = Shard(),
+    part: Part = Part(),
     seed: int = 0,
 ) -> list[ShardStats]:
     """Write samples with random latents through the real writer; return the sealed shards' stats."""
@@ -56,7 +53,7 @@ def write_random_shards(
     sealed: list[ShardStats] = []
     shapes = {"video": list(VIDEO), "audio": list(AUDIO), "text_dim": text_dim}
     codecs = dict(CODECS, text={"id": "t5-tiny"} if text_dim else None)
-    writer = SplitShardWriter(folder, split, shard, per_shard, lambda: (codecs, shapes), sealed.append)
+    writer = SplitShardWriter(folder, split, part, per_shard, lambda: (codecs, shapes), sealed.append)
     for key in keys:
         writer.write(make_sample(key, rng, text_dim, split))
     writer.close()
@@ -98,14 +95,14 @@ def test_a_rerun_continues_after_the_last_complete_shard(tmp_path):
     assert done_keys(tmp_path) == {"a", "b", "c", "d"}
 
 
-def test_sharded_processes_write_their_own_names(tmp_path):
-    s0 = write_random_shards(tmp_path, ["a", "b"], per_shard=5, shard=Shard(0, 2))
-    s1 = write_random_shards(tmp_path, ["c"], per_shard=5, shard=Shard(1, 2), split="test")
+def test_the_processes_of_parts_write_their_own_names(tmp_path):
+    s0 = write_random_shards(tmp_path, ["a", "b"], per_shard=5, part=Part(0, 2))
+    s1 = write_random_shards(tmp_path, ["c"], per_shard=5, part=Part(1, 2), split="test")
     assert s0[0].file == "train-00-00000.tar" and s1[0].file == "test-01-00000.tar"
     assert s0[0].writer == "0/2"
     index = read_index(tmp_path)
     assert index["splits"] == {"train": 2, "test": 1}
-    # an unsharded run's names are not confused with process 0's
+    # the names of a run of the whole work are not confused with part 0's
     assert next_sequence(tmp_path, "train") == 0 and next_sequence(tmp_path, "train-00") == 1
 
 
@@ -150,6 +147,6 @@ def test_latents_of_other_codecs_are_refused(tmp_path):
 
 
 def test_keys_with_dots_are_refused(tmp_path):
-    writer = SplitShardWriter(tmp_path, "train", Shard(), 2, lambda: ({}, {}), lambda s: None)
+    writer = SplitShardWriter(tmp_path, "train", Part(), 2, lambda: ({}, {}), lambda s: None)
     with pytest.raises(ShardFormatError, match="contains '.'"):
         writer.write(make_sample("a.b", np.random.default_rng(0)))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from uniform_cli.prep.caption import BatchedWork, CaptionJob
-from uniform_cli.prep.captioners import OPEN_SORA_SYSTEM, clean_caption
+from uniform_cli.prep.captioners.contract import OPEN_SORA_SYSTEM, clean_caption
 from uniform_cli.prep.captioners.degenerate import degenerate_status, is_echoed, is_repeated
 from uniform_cli.prep.captioners.frames import clip_pixels, segment_centres
 from uniform_cli.prep.captioners.pllava import pllava_prompt

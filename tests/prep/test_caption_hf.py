@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from tests.fixtures.pllava import make_llava_folder, make_llava_next_video_folder
 from tests.prep.test_caption_pllava import make_clips, write_manifest
 from uniform_cli.cli.main import app
-from uniform_cli.prep.captioners import CaptionError, CaptionInput
+from uniform_cli.prep.captioners.contract import CaptionError, CaptionInput
 from uniform_cli.prep.captioners.hf import HFCaptioner
 
 

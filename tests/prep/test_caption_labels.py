@@ -1,4 +1,4 @@
-"""Labels as captions, templates, resume and sharding of the caption stage."""
+"""Labels as captions, templates, resume and parts of the work of the caption stage."""
 
 import csv
 
@@ -7,9 +7,10 @@ from typer.testing import CliRunner
 
 from uniform_cli.cli.main import app
 from uniform_cli.prep.caption import run_caption
-from uniform_cli.prep.captioners import CaptionError
+from uniform_cli.prep.captioners import CaptionerConfig
+from uniform_cli.prep.captioners.contract import CaptionError
 from uniform_cli.prep.captioners.labels import LabelCaptioner
-from uniform_cli.stage import Shard
+from uniform_cli.stage import ItemResult, Part, StatusTable
 
 
 def manifest(tmp_path, labels):
@@ -56,32 +57,27 @@ def test_bad_templates_are_refused(template):
 def test_resume_skips_done_keys_and_redoes_on_a_new_template(tmp_path):
     src = manifest(tmp_path, LABELS)
     root = tmp_path / "d"
-    labels = LabelCaptioner("the sound of {label}")
-    first = run_caption(src, root, "labels", labels.model, lambda: labels, summary=False)
-    assert first.counts == {"ok": 2, "no_label": 1}
+    labels = CaptionerConfig("labels", template="the sound of {label}")
+    first = run_caption(src, root, labels)
+    assert first.counts == {"ok": 2, "no_label": 1} and first.table == root / "captions.csv"
     lines = (root / "captions.csv").read_text().splitlines()
 
-    def must_not_load():
-        raise AssertionError("nothing is left to caption, so no captioner should be built")
-
-    second = run_caption(src, root, "labels", labels.model, must_not_load, summary=False)
+    second = run_caption(src, root, labels)
     assert second.skipped == 2 and second.counts == {"no_label": 1}
     assert [l for l in (root / "captions.csv").read_text().splitlines() if l] [: len(lines)] == lines
 
-    other = LabelCaptioner("{label}")
-    third = run_caption(src, root, "labels", other.model, lambda: other, summary=False)
+    third = run_caption(src, root, CaptionerConfig("labels"))
     assert third.skipped == 0 and third.counts["ok"] == 2
     assert read(root / "captions.csv")["rain"]["text"] == "rain, falling"
 
 
-def test_shards_split_the_keys(tmp_path):
+def test_parts_split_the_keys(tmp_path):
     labels = {f"k{i}": f"label {i}" for i in range(12)}
     src = manifest(tmp_path, labels)
     root = tmp_path / "d"
-    cap = LabelCaptioner()
     for i in range(3):
-        run_caption(src, root, "labels", cap.model, lambda: cap, shard=Shard(i, 3), summary=False)
-    parts = [read(root / f"captions.shard-{i}-of-3.csv") for i in range(3)]
+        run_caption(src, root, CaptionerConfig("labels"), part=Part(i, 3))
+    parts = [read(root / f"captions.part-{i}-of-3.csv") for i in range(3)]
     assert sum(len(p) for p in parts) == 12
     assert set().union(*parts) == set(labels)
 
@@ -91,3 +87,21 @@ def test_video_captioner_without_clips_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["caption", str(src), "--root", str(tmp_path / "d"), "--model", "x/y"])
     assert result.exit_code == 1
     assert "uniform clip" in result.output
+
+
+def test_a_rerun_with_every_key_captioned_builds_no_captioner(tmp_path):
+    """The 7B model is loaded only when something is left: here its folder does not even exist."""
+    root = tmp_path / "d"
+    pllava = CaptionerConfig("pllava", model=str(tmp_path / "no-such-pllava"))
+    clips = StatusTable(root / "clips.csv", ["video"])
+    captions = StatusTable(root / "captions.csv", ["text", "captioner", "model"])
+    for key in ("rain", "waves", "wind"):
+        clips.record(ItemResult(key, "ok", fields={"video": f"clips/{key}.mp4"}))
+    for key in ("rain", "waves"):
+        captions.record(ItemResult(key, "ok", fields={"text": key, "captioner": "pllava", "model": pllava.model}))
+    clips.close()
+    captions.close()
+    done = run_caption(manifest(tmp_path, {"rain": "rain", "waves": "waves"}), root, pllava)
+    assert done.skipped == 2 and not done.counts
+    with pytest.raises(CaptionError, match="no-such-pllava"):  # wind is left: now the captioner is built
+        run_caption(manifest(tmp_path, {"rain": "rain", "waves": "waves", "wind": "wind"}), root, pllava)

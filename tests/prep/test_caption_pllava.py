@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.fixtures.pllava import LORA_RANK, TINY_POOLING, make_pllava_folder
 from uniform_cli.cli.main import app
 from uniform_cli.media.io import write_mp4
-from uniform_cli.prep.captioners import CaptionError
+from uniform_cli.prep.captioners.contract import CaptionError
 from uniform_cli.prep.captioners.pllava import (
     PllavaCaptioner,
     build_pllava,
@@ -179,8 +179,8 @@ def test_missing_model_says_what_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CaptionError) as err:
         PllavaCaptioner("ermu2001/pllava-7b", device="cpu")
-    assert "huggingface-cli download ermu2001/pllava-7b --local-dir" in str(err.value)
-    assert "--model" in str(err.value)
+    assert "hf download ermu2001/pllava-7b" in str(err.value)
+    assert "nothing is downloaded automatically" in str(err.value)
     with pytest.raises(CaptionError, match="does not exist"):
         PllavaCaptioner(str(tmp_path / "nowhere" / "pllava-7b"), device="cpu")
 

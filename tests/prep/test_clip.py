@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from tests.fixtures.av_corpus import make_media
 from uniform_cli.cli.main import app
-from uniform_cli.media.io import read_video
 from uniform_cli.config import ClipSpec
+from uniform_cli.media.io import read_video
 from uniform_cli.prep.clip import ClipOptions, clip_paths, run_clip
 from uniform_cli.prep.manifest import ManifestItem, folder_items
 from uniform_cli.stage import FailureGuard, read_status
@@ -37,8 +37,10 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 def test_folder_gives_exact_clips_and_a_status_per_file(folder, tmp_path):
     items = folder_items(folder)
-    counts, skipped, unfetched, table = run_clip(items, tmp_path, ClipOptions(str(tmp_path)), workers=2)
-    assert dict(counts) == {"ok": 2, "too_short": 1, "no_audio": 1, "no_video": 1, "decode_error": 2}  # broken.avi, notes.txt
+    result = run_clip(items, tmp_path, ClipOptions(str(tmp_path)), workers=2)
+    # decode_error: broken.avi, notes.txt
+    assert dict(result.counts) == {"ok": 2, "too_short": 1, "no_audio": 1, "no_video": 1, "decode_error": 2}
+    assert result.table == tmp_path / "clips.csv" and result.outputs == tmp_path / "clips" and not result.left_out
     rows = read_status(tmp_path, "clips")
     assert rows["good"]["video"] == "clips/good.mp4" and rows["good"]["audio"] == "clips/good.wav"
     assert rows["phone"]["rotation"] == "90" and (rows["phone"]["src_width"], rows["phone"]["src_height"]) == ("64", "96")
@@ -57,8 +59,7 @@ def test_folder_gives_exact_clips_and_a_status_per_file(folder, tmp_path):
 def test_flags_pad_and_silence_and_say_so(folder, tmp_path):
     options = ClipOptions(str(tmp_path), allow_short=True, allow_silence=True)
     items = [i for i in folder_items(folder) if i.key in ("short", "mute")]
-    counts, *_ = run_clip(items, tmp_path, options)
-    assert dict(counts) == {"ok": 2}
+    assert dict(run_clip(items, tmp_path, options).counts) == {"ok": 2}
     rows = read_status(tmp_path, "clips")
     assert "video_end=" in rows["short"]["padded"] and "audio_end=" in rows["short"]["padded"]
     assert rows["mute"]["silent"] == "1" and rows["short"]["silent"] == "0"
@@ -71,14 +72,14 @@ def test_rerun_skips_done_items_and_redoes_missing_files(folder, tmp_path):
     run_clip(items, tmp_path, ClipOptions(str(tmp_path)))
     with open(tmp_path / "clips.csv", "a") as f:
         f.write("good,ok,,clips/go")  # a run killed mid-line
-    counts, skipped, _, _ = run_clip(items, tmp_path, ClipOptions(str(tmp_path)))
-    assert dict(counts) == {"too_short": 1} and skipped == 1  # the failure is retried, the done item kept
+    again = run_clip(items, tmp_path, ClipOptions(str(tmp_path)))
+    assert dict(again.counts) == {"too_short": 1} and again.skipped == 1  # the failure is retried, the done item kept
     (tmp_path / "clips" / "good.wav").unlink()
-    counts, skipped, _, _ = run_clip(items, tmp_path, ClipOptions(str(tmp_path)))
-    assert counts["ok"] == 1 and skipped == 0
+    again = run_clip(items, tmp_path, ClipOptions(str(tmp_path)))
+    assert again.counts["ok"] == 1 and again.skipped == 0
     other = ClipOptions(str(tmp_path), spec=ClipSpec(fps=8, size=64, seconds=2.0, sample_rate=8000))
-    counts, skipped, _, _ = run_clip(items, tmp_path, other)  # a different spec is not "done"
-    assert dict(counts) == {"ok": 2} and skipped == 0
+    again = run_clip(items, tmp_path, other)  # a different spec is not "done"
+    assert dict(again.counts) == {"ok": 2} and again.skipped == 0
     assert read_video(tmp_path / "clips" / "good.mp4")[0].shape == (16, 64, 64, 3)
 
 
@@ -94,8 +95,8 @@ def test_fetched_items_are_cut_at_the_recorded_offset(tmp_path):
         ManifestItem("abc_000010", "https://example.org/v", 10.0, 20.0, "dog barking", "train"),
         ManifestItem("later_000000", "https://example.org/w", 0.0, None, "cat", "test"),
     ]
-    counts, skipped, unfetched, _ = run_clip(items, tmp_path, ClipOptions(str(tmp_path)))
-    assert dict(counts) == {"ok": 1} and unfetched == ["later_000000"]
+    result = run_clip(items, tmp_path, ClipOptions(str(tmp_path)))
+    assert dict(result.counts) == {"ok": 1} and result.left_out == ["later_000000"] and result.needs == "fetch"
     row = read_status(tmp_path, "clips")["abc_000010"]
     assert (row["label"], row["split"], row["start"]) == ("dog barking", "train", "2")
     frames, _ = read_video(tmp_path / "clips" / "abc_000010.mp4")
@@ -164,3 +165,31 @@ def test_a_read_only_root_is_a_clear_stop(folder, tmp_path):
         result = CliRunner().invoke(app, ["clip", str(folder), "--root", str(root), "--workers", "1"])
     assert result.exit_code == 1 and "Read-only file system" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def recipe(path: Path, data: str) -> Path:
+    path.write_text(f"# a test recipe\n[data]\n{data}\n")
+    return path
+
+
+def test_cli_clips_in_the_format_a_recipe_trains_on(folder, tmp_path):
+    tiny = recipe(tmp_path / "tiny.toml", "fps = 8\nsize = 64\nseconds = 2.0\nsample_rate = 8000")
+    args = ["clip", str(folder), "--root", str(tmp_path / "d"), "--workers", "1", "--recipe", str(tiny)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frames, fps = read_video(tmp_path / "d" / "clips" / "good.mp4")
+    assert frames.shape == (16, 64, 64, 3) and fps == pytest.approx(8)
+    audio, rate = read_wav(tmp_path / "d" / "clips" / "good.wav")
+    assert (rate, audio.shape) == (8000, (16000,))
+    assert read_status(tmp_path / "d", "clips")["good"]["spec"] == "8fps-64px-2s-8000Hz"
+
+
+def test_cli_refuses_clip_flags_beside_a_recipe_and_a_bad_recipe(folder, tmp_path):
+    tiny = recipe(tmp_path / "tiny.toml", "size = 64")
+    args = ["clip", str(folder), "--root", str(tmp_path / "d"), "--recipe", str(tiny)]
+    result = CliRunner().invoke(app, [*args, "--fps", "17", "--sample-rate", "16000"])
+    assert result.exit_code == 2 and "--fps, --sample-rate cannot be given too" in result.output
+    bad = recipe(tmp_path / "bad.toml", "colour = 3")
+    result = CliRunner().invoke(app, ["clip", str(folder), "--root", str(tmp_path / "d"), "--recipe", str(bad)])
+    assert result.exit_code == 2 and "colour" in result.output
+    assert not (tmp_path / "d" / "clips.csv").exists()

@@ -8,14 +8,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from yt_dlp.networking.exceptions import HTTPError
-from yt_dlp.networking.common import Response
-from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError
 
 from tests.fixtures.av_corpus import make_media
 from uniform_cli.media.prepare import prepare_media
 from uniform_cli.prep import fetch as F
+from uniform_cli.prep.download import download_range
 from uniform_cli.prep.manifest import ManifestItem
+from uniform_cli.prep.retry import PERMANENT, RateLimiter
 from uniform_cli.stage import read_status
 
 FLASH = 7.0  # seconds into the served video
@@ -132,7 +131,7 @@ def options(root, **kw):
 
 
 def test_range_download_lands_where_clip_expects_it(server, tmp_path):
-    result = F.fetch_item(item(server, "ok", start=5.0), options(tmp_path), F.RateLimiter(None))
+    result = F.fetch_item(item(server, "ok", start=5.0), options(tmp_path), RateLimiter(None))
     assert result.status == "ok", result.error
     assert result.fields["path"] == "raw/ok.mp4" and result.fields["offset"] == 4.0
     raw = tmp_path / "raw" / "ok.mp4"
@@ -148,15 +147,15 @@ def test_range_download_lands_where_clip_expects_it(server, tmp_path):
 @pytest.mark.parametrize("kind, status", [("missing", "unavailable"), ("forbidden", "forbidden")])
 def test_permanent_failures_are_not_retried(server, tmp_path, kind, status):
     before = server.hits[kind]
-    result = F.fetch_item(item(server, kind), options(tmp_path), F.RateLimiter(None))
+    result = F.fetch_item(item(server, kind), options(tmp_path), RateLimiter(None))
     assert result.status == status and result.fields["attempts"] == 1
     assert server.hits[kind] == before + 1
-    assert status in F.PERMANENT
+    assert status in PERMANENT
 
 
 def test_429_waits_for_retry_after_then_succeeds(server, tmp_path):
     t0 = time.monotonic()
-    result = F.fetch_item(item(server, "busy"), options(tmp_path), F.RateLimiter(None))
+    result = F.fetch_item(item(server, "busy"), options(tmp_path), RateLimiter(None))
     assert result.status == "ok" and result.fields["attempts"] == 2
     times = [t for t, p in server.log if p.startswith("/busy/")]
     assert times[1] - times[0] >= 1.0  # Retry-After: 1 honoured although the backoff is 0.05 s
@@ -164,9 +163,9 @@ def test_429_waits_for_retry_after_then_succeeds(server, tmp_path):
 
 
 def test_500_then_200_and_cut_connection_are_retried(server, tmp_path):
-    flaky = F.fetch_item(item(server, "flaky"), options(tmp_path), F.RateLimiter(None))
+    flaky = F.fetch_item(item(server, "flaky"), options(tmp_path), RateLimiter(None))
     assert flaky.status == "ok" and flaky.fields["attempts"] == 2
-    cut = F.fetch_item(item(server, "cut"), options(tmp_path), F.RateLimiter(None))
+    cut = F.fetch_item(item(server, "cut"), options(tmp_path), RateLimiter(None))
     assert cut.status == "ok" and cut.fields["attempts"] >= 2, cut.error
     clip = prepare_media(tmp_path / "raw" / "cut.mp4", start=1.0)
     assert clip.video.shape == (68, 256, 256, 3)
@@ -180,114 +179,24 @@ def test_run_records_statuses_and_a_rerun_resumes(server, tmp_path):
         item(server, "down", "down"),
         ManifestItem("-local", str(local), 0.0, None),
     ]
-    counts, skipped, table = F.run_fetch(items, tmp_path, options(tmp_path, ), workers=3, rate_limit=50.0)
-    assert counts == Counter({"ok": 1, "unavailable": 1, "server_error": 1, "local": 1}) and skipped == 0
+    result = F.run_fetch(items, tmp_path, options(tmp_path, ), workers=3, rate_limit=50.0)
+    assert result.counts == Counter({"ok": 1, "unavailable": 1, "server_error": 1, "local": 1}) and result.skipped == 0
+    assert result.table == tmp_path / "fetch.csv" and result.outputs == tmp_path / "raw"
     rows = read_status(tmp_path, "fetch")
     assert rows["-local"]["path"] == str(local)  # used in place, never downloaded
     assert rows["down"]["error"].startswith("HTTP Error 503") or "503" in rows["down"]["error"]
     assert not (tmp_path / "raw" / "-local.mp4").exists()
     hits = Counter(server.hits)
-    counts, skipped, table = F.run_fetch(items, tmp_path, options(tmp_path), workers=2, rate_limit=50.0)
-    assert counts == Counter({"server_error": 1}) and skipped == 3  # only the transient failure again
+    again = F.run_fetch(items, tmp_path, options(tmp_path), workers=2, rate_limit=50.0)
+    assert again.counts == Counter({"server_error": 1}) and again.skipped == 3  # only the transient failure again
     assert server.hits["missing"] == hits["missing"] and server.hits["ok"] == hits["ok"]
     (tmp_path / "raw" / "good.mp4").unlink()  # a done item whose file went missing is fetched again
-    counts, _, _ = F.run_fetch(items[:1], tmp_path, options(tmp_path), rate_limit=50.0)
-    assert counts == Counter({"ok": 1})
-
-
-def test_classify_from_exc_info_and_messages():
-    def http_error(status, headers=None):
-        response = Response(None, "http://x", headers or {}, status=status)
-        try:
-            raise HTTPError(response)
-        except HTTPError:
-            import sys
-
-            return DownloadError("ERROR: HTTP Error", sys.exc_info())
-
-    assert F.classify_error(http_error(404)).status == "unavailable"
-    limited = F.classify_error(http_error(429, {"Retry-After": "7"}))
-    assert limited.status == "rate_limited" and limited.retry_after == 7 and limited.transient
-    assert F.classify_error(http_error(502)).transient
-    wrapped = ExtractorError("Unable to download webpage", cause=GeoRestrictedError("blocked"))
-    assert F.classify_error(DownloadError("ERROR: blocked", (type(wrapped), wrapped, None))).status == "geo_blocked"
-    messages = {
-        "ERROR: [youtube] abc: Private video. Sign in if you've been granted access": "private",
-        "ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader": "unavailable",
-        "ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate": "age_restricted",
-        "ERROR: [youtube] abc: Sign in to confirm you're not a bot": "bot_check",
-        "ERROR: The uploader has not made this video available in your country": "geo_blocked",
-        "ERROR: unable to download video data: <urlopen error timed out>": "network_error",
-    }
-    for message, status in messages.items():
-        assert F.classify_error(DownloadError(message)).status == status, message
-    assert F.parse_retry_after("120") == 120 and F.parse_retry_after("soon") is None
-
-
-def test_format_selection_prefers_the_smallest_mp4_with_short_side_256():
-    formats = [
-        {"format_id": "140", "vcodec": "none", "acodec": "mp4a", "ext": "m4a", "abr": 128},
-        {"format_id": "251", "vcodec": "none", "acodec": "opus", "ext": "webm", "abr": 160},
-        {"format_id": "160", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 256, "height": 144},
-        {"format_id": "134", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 640, "height": 360},
-        {"format_id": "243", "vcodec": "vp9", "acodec": "none", "ext": "webm", "width": 640, "height": 360},
-        {"format_id": "137", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 1920, "height": 1080},
-        {"format_id": "18", "vcodec": "avc1", "acodec": "mp4a", "ext": "mp4", "width": 640, "height": 360},
-    ]
-    (chosen,) = F.select_format({"formats": formats})
-    assert chosen["format_id"] == "134+140"
-    portrait = [{"format_id": "v", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 360, "height": 640},
-                {"format_id": "s", "vcodec": "avc1", "acodec": "none", "ext": "mp4", "width": 144, "height": 256},
-                formats[0]]
-    assert next(F.select_format({"formats": portrait}))["format_id"] == "v+140"  # short side is the width
-    small = [formats[0], formats[2]]
-    assert next(F.select_format({"formats": small}))["format_id"] == "160+140"  # the best there is
-    direct = [{"format_id": "0", "url": "http://x/v.mp4", "ext": "mp4"}]
-    assert next(F.select_format({"formats": direct}))["format_id"] == "0"
-
-
-def test_rate_limiter_is_shared_by_threads():
-    limiter = F.RateLimiter(20.0)
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=limiter.wait) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert time.monotonic() - t0 >= 5 / 20 - 0.01
-    limiter.pause(0.3)
-    t1 = time.monotonic()
-    limiter.wait()
-    assert time.monotonic() - t1 >= 0.25
-
-
-def test_backoff_grows_with_jitter_and_is_capped():
-    import random
-
-    rng = random.Random(0)
-    delays = [F.backoff_delay(a, 1.0, 10.0, rng) for a in range(6)]
-    assert 0.5 <= delays[0] <= 1.0 and 4.0 <= delays[3] <= 8.0 and all(d <= 10.0 for d in delays)
-
-
-def test_ffmpeg_comes_from_path_else_from_imageio_ffmpeg_else_says_how_to_install(monkeypatch, tmp_path):
-    import sys
-
-    import imageio_ffmpeg
-
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert F.require_ffmpeg() == imageio_ffmpeg.get_ffmpeg_exe()
-    (tmp_path / "ffmpeg").write_text("#!/bin/sh\n")
-    (tmp_path / "ffmpeg").chmod(0o755)
-    assert F.require_ffmpeg() == str(tmp_path / "ffmpeg")
-    (tmp_path / "ffmpeg").unlink()
-    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # not installed
-    with pytest.raises(F.FetchSetupError, match="apt install ffmpeg"):
-        F.require_ffmpeg()
+    assert F.run_fetch(items[:1], tmp_path, options(tmp_path), rate_limit=50.0).counts == Counter({"ok": 1})
 
 
 def test_only_http_reaches_yt_dlp_and_keys_stay_under_root(tmp_path):
     with pytest.raises(Exception, match="http"):
-        F.download_once(ManifestItem("k", "/etc/passwd", 0.0, None), options(tmp_path))
+        download_range(ManifestItem("k", "/etc/passwd", 0.0, None), tmp_path / "raw" / "k.mp4", (0.0, 4.0))
     with pytest.raises(Exception, match="outside"):
         F.raw_path(tmp_path, "../evil")
     assert F.raw_path(tmp_path, "-abc_000030").name == "-abc_000030.mp4"
@@ -346,7 +255,7 @@ def test_cli_records_each_bad_manifest_row_and_fetches_the_rest(tmp_path):
 @pytest.mark.parametrize("kind", ["trickle", "stall"])
 def test_a_trickling_or_stalled_server_times_out_at_the_deadline(server, tmp_path, kind):
     t0 = time.monotonic()
-    result = F.fetch_item(item(server, kind), options(tmp_path, deadline=2.0, retries=0), F.RateLimiter(None))
+    result = F.fetch_item(item(server, kind), options(tmp_path, deadline=2.0, retries=0), RateLimiter(None))
     assert result.status == "timeout" and "longer than 2 s" in result.error
     assert time.monotonic() - t0 < 15  # the server would go on for 20 s
     assert not [p for p in (tmp_path / "raw").glob(".*")]  # the attempt's temp folder is gone
@@ -355,7 +264,7 @@ def test_a_trickling_or_stalled_server_times_out_at_the_deadline(server, tmp_pat
 def test_a_page_with_several_videos_gives_one_download(server, tmp_path):
     before = [path for _, path in server.log]
     result = F.fetch_item(ManifestItem("page", f"{server.base}/page/index.html", 0.0, None), options(tmp_path),
-                          F.RateLimiter(None))
+                          RateLimiter(None))
     assert result.status == "ok", result.error
     fetched = {path for _, path in server.log[len(before):] if path.startswith("/ok/")}
     assert fetched == {"/ok/v0.mp4"}

@@ -5,11 +5,13 @@ N after saving a checkpoint (130 for Ctrl-C, 143 for SIGTERM)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from typer.core import TyperArgument, TyperCommand
+
+if TYPE_CHECKING:
+    from uniform_cli.stage import StageResult
 
 USAGE = 2
 FAILED = 1
@@ -45,7 +47,11 @@ def fail(message: object, code: int = FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def exit_if_nothing_succeeded(counts: Mapping[str, int], skipped: int, ok: tuple[str, ...] = ("ok",)) -> None:
-    """Exit 1 when a stage had items and every one failed, none done now or before (a job script must notice)."""
-    if sum(counts.values()) and not skipped and not any(counts.get(word, 0) for word in ok):
+def finish_stage(result: StageResult) -> None:
+    """The end of every data command (fetch, clip, caption, encode): print the stage's summary, and exit 1 when
+    items were meant for it and none is done, now or before (a job script must notice)."""
+    from uniform_cli.stage import print_summary
+
+    print_summary(result)
+    if result.nothing_succeeded:
         raise typer.Exit(FAILED)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from uniform_cli.cli import USAGE, exit_if_nothing_succeeded, fail
+from uniform_cli.cli import USAGE, fail, finish_stage
 
 
 def main(
@@ -21,7 +21,9 @@ def main(
         "needed for hf (e.g. llava-hf/LLaVA-NeXT-Video-7B-hf).",
     ),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips per generation batch."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: caption only this shard (or RANK/WORLD_SIZE)."),
+    part: Optional[str] = typer.Option(
+        None, "--part", help="I/N: caption only this part of the work (or RANK/WORLD_SIZE)."
+    ),
     num_frames: int = typer.Option(4, "--num-frames", help="Frames sampled at segment centres of each clip."),
     pooling: str = typer.Option("4,12,12", "--pooling", help="PLLaVA pooling shape frames,h,w."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest caption in tokens."),
@@ -42,68 +44,37 @@ def main(
 ) -> None:
     """Caption clips into ROOT/captions.csv (key, text, captioner, model, status, error); reruns resume.
 
+    \b
     Example: uniform caption manifests/vggsound.csv --model models/pllava-7b --batch-size 16
     Example: uniform caption manifests/landscape.csv --captioner labels --template "the sound of {label}"
     """
     from uniform_cli.prep.caption import run_caption
-    from uniform_cli.prep.captioners import OPEN_SORA_QUESTION, OPEN_SORA_SYSTEM, CaptionError
+    from uniform_cli.prep.captioners import CaptionerConfig
+    from uniform_cli.prep.captioners.contract import OPEN_SORA_QUESTION, OPEN_SORA_SYSTEM, CaptionError
     from uniform_cli.prep.manifest import ManifestError, default_root
-    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard
+    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_part
 
-    question = OPEN_SORA_QUESTION if prompt is None else prompt
-    system_text = OPEN_SORA_SYSTEM if system is None else system
     try:
-        pool = _parse_pooling(pooling)
-        if captioner == "labels":
-            from uniform_cli.prep.captioners.labels import LabelCaptioner
-
-            labels = LabelCaptioner(template)
-            model_label, factory = labels.model, lambda: labels
-        elif captioner == "pllava":
-            from uniform_cli.prep.captioners.pllava import DEFAULT_MODEL, PllavaCaptioner
-
-            model_label = model or DEFAULT_MODEL
-
-            def factory():
-                return PllavaCaptioner(
-                    model_label,
-                    num_frames=num_frames,
-                    pooling_shape=pool,
-                    max_new_tokens=max_new_tokens,
-                    question=question,
-                    system=system_text,
-                    lora_alpha=lora_alpha,
-                    lora_r=lora_r,
-                    device=device,
-                )
-        elif captioner == "hf":
-            from uniform_cli.prep.captioners.hf import EXAMPLE_MODEL, HFCaptioner
-
-            if not model:
-                fail(f"--captioner hf needs --model (a hub id in the local cache or a folder), e.g. {EXAMPLE_MODEL}",
-                     USAGE)
-            model_label = model
-
-            def factory():
-                return HFCaptioner(
-                    model_label,
-                    num_frames=num_frames,
-                    max_new_tokens=max_new_tokens,
-                    question=question,
-                    system=system_text,
-                    video_input=hf_input,
-                    device=device,
-                )
-        else:
-            fail(f"--captioner must be pllava, labels or hf, not {captioner!r}", USAGE)
-        report = run_caption(
+        config = CaptionerConfig(
+            name=captioner,
+            model=model,
+            template=template,
+            num_frames=num_frames,
+            pooling=_parse_pooling(pooling),
+            max_new_tokens=max_new_tokens,
+            question=OPEN_SORA_QUESTION if prompt is None else prompt,
+            system=OPEN_SORA_SYSTEM if system is None else system,
+            lora_alpha=lora_alpha,
+            lora_r=lora_r,
+            hf_input=hf_input,
+            device=device,
+        )
+        result = run_caption(
             manifest,
             root or default_root(manifest),
-            captioner,
-            model_label,
-            factory,
+            config,
             batch_size=batch_size,
-            shard=parse_shard(shard),
+            part=parse_part(part),
             guard=FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures),
             redo_degenerate=redo_degenerate,
         )
@@ -111,7 +82,7 @@ def main(
         fail(e)
     except (ManifestError, ValueError) as e:
         fail(e, USAGE)
-    exit_if_nothing_succeeded(report.counts, report.skipped)
+    finish_stage(result)
 
 
 def _parse_pooling(text: str) -> tuple[int, int, int]:

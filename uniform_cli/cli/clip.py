@@ -8,14 +8,23 @@ from typing import Optional
 
 import typer
 
-from uniform_cli.cli import FAILED, USAGE, exit_if_nothing_succeeded, fail
+from uniform_cli.cli import USAGE, fail, finish_stage
+
+CLIP_FLAGS = ("fps", "size", "seconds", "sample_rate")
 
 
 def main(
+    ctx: typer.Context,
     source: Path = typer.Argument(..., help="A manifest (VGGSound or toolkit CSV) or a folder of media files."),
     root: Optional[Path] = typer.Option(None, help="Data root; default data/<manifest or folder name>/."),
     workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
-    shard: Optional[str] = typer.Option(None, help="I/N: this process's share (default from RANK/WORLD_SIZE or SLURM)."),
+    part: Optional[str] = typer.Option(
+        None, help="I/N: this process's part of the work (default from RANK/WORLD_SIZE or SLURM)."
+    ),
+    recipe: Optional[Path] = typer.Option(
+        None, help="Clip in the format this recipe trains on (its [data] fps, size, seconds, sample_rate); "
+        "--fps, --size, --seconds and --sample-rate are then an error."
+    ),
     fps: int = typer.Option(17, help="Frames per second of the clip."),
     size: int = typer.Option(256, help="Clip side in pixels (short side scaled, centre crop)."),
     seconds: float = typer.Option(4.0, help="Clip length in seconds."),
@@ -33,23 +42,33 @@ def main(
     Every item ends in ROOT/clips.csv with a status (ok, too_short, late_audio, no_audio, no_video,
     decode_error, timeout); a rerun skips ok items and retries the rest.
 
+    \b
     Examples: uniform clip manifests/vggsound.csv --workers 8
               uniform clip my_videos/ --root data/mine
+              uniform clip manifests/vggsound.csv --recipe recipes/multitask.toml
     """
-    from uniform_cli.config import ClipSpec
+    from uniform_cli.config import ClipSpec, load_recipe
     from uniform_cli.prep.clip import ClipOptions, run_clip
     from uniform_cli.prep.manifest import ManifestError, default_root, read_items
-    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard, print_summary, timer
+    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_part
 
-    elapsed = timer()
     try:
-        part = parse_shard(shard)
-        items = [item for item in read_items(source) if part.owns(item.key)]
+        if recipe is not None:
+            # typer ships its own click, so the source is compared by name
+            given = [name for name in CLIP_FLAGS if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+            if given:
+                flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                raise ValueError(f"--recipe sets the clip format, so {flags} cannot be given too; drop them, or edit "
+                                 f"the [data] table of {recipe}")
+            spec = load_recipe(recipe).data.clip
+        else:
+            spec = ClipSpec(fps=fps, size=size, seconds=seconds, sample_rate=sample_rate)
+        items = read_items(source)
         root = root or default_root(source)
         workers = workers or os.cpu_count() or 1
         options = ClipOptions(
             root=str(root),
-            spec=ClipSpec(fps=fps, size=size, seconds=seconds, sample_rate=sample_rate),
+            spec=spec,
             allow_short=allow_short,
             allow_silence=allow_silence,
             timeout=timeout,
@@ -57,19 +76,9 @@ def main(
             crf=crf,
         )
         guard = FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures)
-        counts, skipped, unfetched, table = run_clip(
-            items, root, options, workers=workers, guard=guard, table_suffix=part.suffix
-        )
+        result = run_clip(items, root, options, part=parse_part(part), workers=workers, guard=guard)
     except (ManifestError, ValueError) as e:
         fail(f"uniform clip: {e}", USAGE)
     except (TooManyFailures, OSError) as e:
         fail(f"uniform clip: {e}")
-    print_summary("clip", counts, skipped, table, elapsed(), str(Path(root) / "clips"))
-    if unfetched:
-        typer.echo(
-            f"{len(unfetched)} remote item(s) have no fetched file yet (e.g. {unfetched[0]}): "
-            f"run `uniform fetch {source}` first; they were left out."
-        )
-        if not counts and not skipped:
-            raise typer.Exit(FAILED)
-    exit_if_nothing_succeeded(counts, skipped)
+    finish_stage(result)

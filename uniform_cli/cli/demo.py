@@ -29,6 +29,7 @@ def main(
     generate (T2AV, A2V, V2A) and eval on it; ends with generated mp4s, a contact sheet and a table of
     AV-Align and nearest-kind accuracy. Needs no weights and no GPU.
 
+    \b
     Example: uniform demo --out demo
     """
     from dataclasses import replace

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from uniform_cli.atomic import Busy
-from uniform_cli.cli import USAGE, exit_if_nothing_succeeded, fail
+from uniform_cli.cli import USAGE, fail, finish_stage
 
 
 def main(
@@ -17,8 +17,8 @@ def main(
     recipe: Optional[Path] = typer.Option(
         None, "--recipe", help="Take the clip settings ([data]) and codecs ([codec]) from this recipe."
     ),
-    video_vae: Optional[str] = typer.Option(None, "--video-vae", help="Open-Sora VAE v1.2: hub id (in the local HF cache) or folder."),
-    audio_vae: Optional[str] = typer.Option(None, "--audio-vae", help="AudioLDM checkpoint with vae/ and vocoder/: hub id or folder."),
+    video_vae: Optional[str] = typer.Option(None, "--video-vae", help="Open-Sora VAE v1.2: hub id (in the local HF cache) or folder, or 'pixel' (weight-free)."),
+    audio_vae: Optional[str] = typer.Option(None, "--audio-vae", help="AudioLDM checkpoint with vae/ and vocoder/: hub id or folder, or 'mel' (weight-free)."),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder with its tokenizer: hub id or folder."),
     text_embeddings: bool = typer.Option(
         True, "--text-embeddings/--no-text-embeddings", help="Store caption embeddings (valid tokens only) in the shards."
@@ -32,7 +32,9 @@ def main(
     video_micro_batch: Optional[int] = typer.Option(
         None, "--video-micro-batch", help="Frames per spatial VAE call (default: the checkpoint's, 4)."
     ),
-    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: encode only this shard (or RANK/WORLD_SIZE)."),
+    part: Optional[str] = typer.Option(
+        None, "--part", help="I/N: encode only this part of the work (or RANK/WORLD_SIZE)."
+    ),
     allow_missing_captions: bool = typer.Option(
         False, "--allow-missing-captions", help="Encode clips without a caption with empty text (else a failure)."
     ),
@@ -45,24 +47,22 @@ def main(
     Each sample holds video.npy [4,20,32,32] and audio.npy [8,100,16] (fp16), the caption (txt), its
     json (codecs, shapes, source) and, with --text-embeddings, text.npy. Status per clip: ROOT/encode.csv.
 
+    \b
     Example: uniform encode manifests/vggsound.csv --video-vae models/OpenSora-VAE-v1.2 --batch-size 16
     """
-    from uniform_cli.config import CodecConfig, ConfigError, DataConfig, load_recipe
-    from uniform_cli.latents.codecs import CodecError
+    from uniform_cli.config import CodecConfig, ConfigError, DataConfig, load_recipe, with_codec_overrides
     from uniform_cli.latents.encode import EncodeOptions, encode_dataset
     from uniform_cli.latents.shards import ShardFormatError
     from uniform_cli.prep.manifest import ManifestError, default_root, read_items
-    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard
+    from uniform_cli.pretrained import PretrainedError
+    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_part
 
     try:
         codec, data = CodecConfig(), DataConfig()
         if recipe is not None:
             loaded = load_recipe(recipe)
             codec, data = loaded.codec, loaded.data
-        overrides = {"video_vae": video_vae, "audio_vae": audio_vae, "text_encoder": text_encoder}
-        for name, value in overrides.items():
-            if value is not None:
-                setattr(codec, name, value)
+        codec = with_codec_overrides(codec, video_vae, audio_vae, text_encoder)
         options = EncodeOptions(
             text_embeddings=text_embeddings,
             text_max_length=text_max_length,
@@ -74,12 +74,12 @@ def main(
             video_micro_batch=video_micro_batch,
             allow_missing_captions=allow_missing_captions,
             limit=limit,
-            shard=parse_shard(shard),
+            part=parse_part(part),
             guard=FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures),
         )
-        summary = encode_dataset(read_items(manifest), root or default_root(manifest), codec, data, options)
-    except (Busy, CodecError, ShardFormatError, TooManyFailures, OSError) as e:
+        result = encode_dataset(read_items(manifest), root or default_root(manifest), codec, data, options)
+    except (Busy, PretrainedError, ShardFormatError, TooManyFailures, OSError) as e:
         fail(e)
     except (ConfigError, ManifestError, ValueError) as e:
         fail(e, USAGE)
-    exit_if_nothing_succeeded(summary.counts, summary.skipped)
+    finish_stage(result)

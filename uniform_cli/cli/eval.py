@@ -29,6 +29,7 @@ def main(
 ) -> None:
     """Measure generated clips: AV-Align, FAD, FD, KL, IS, FVD, KVD; writes GENERATED_DIR/metrics.json.
 
+    \b
     Example: uniform eval outputs/ --reference data/vggsound/clips --weights-dir weights/
     """
     from rich.console import Console

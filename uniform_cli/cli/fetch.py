@@ -7,14 +7,16 @@ from typing import Optional
 
 import typer
 
-from uniform_cli.cli import USAGE, exit_if_nothing_succeeded, fail
+from uniform_cli.cli import USAGE, fail, finish_stage
 
 
 def main(
     manifest: Path = typer.Argument(..., help="VGGSound CSV or the toolkit's headed CSV (id,url,start,end,label,split)."),
     root: Optional[Path] = typer.Option(None, help="Data root; default data/<manifest name>/."),
     workers: int = typer.Option(4, help="Parallel downloads (threads)."),
-    shard: Optional[str] = typer.Option(None, help="I/N: this process's share (default from RANK/WORLD_SIZE or SLURM)."),
+    part: Optional[str] = typer.Option(
+        None, help="I/N: this process's part of the work (default from RANK/WORLD_SIZE or SLURM)."
+    ),
     cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp (age-gated or bot-checked videos)."),
     rate_limit: float = typer.Option(2.0, help="Most download starts per second, across all workers."),
     retries: int = typer.Option(4, help="Retries of a transient failure (network, 5xx, 429) within this run."),
@@ -30,31 +32,28 @@ def main(
     Every item ends in ROOT/fetch.csv with a status; a rerun skips done items and permanent failures and
     retries the rest. Needs the ffmpeg program.
 
+    \b
     Example: uniform fetch manifests/vggsound.csv --workers 8
     """
-    from uniform_cli.prep.fetch import FetchOptions, FetchSetupError, bad_row_key, run_fetch
+    from uniform_cli.prep.download import FetchSetupError
+    from uniform_cli.prep.fetch import FetchOptions, run_fetch
     from uniform_cli.prep.manifest import ManifestError, default_root, read_manifest_rows
-    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_shard, print_summary, timer
+    from uniform_cli.stage import FailureGuard, TooManyFailures, parse_part
 
-    elapsed = timer()
     try:
-        part = parse_shard(shard)
         items, bad = read_manifest_rows(manifest)
-        items = [item for item in items if part.owns(item.key)]
-        bad = [row for row in bad if part.owns(bad_row_key(row))]
         root = root or default_root(manifest)
         options = FetchOptions(
             root=str(root), seconds=seconds, margin=margin, retries=retries, deadline=deadline,
             cookies=str(cookies) if cookies else None,
         )
         guard = FailureGuard(max_rate=max_failures, max_consecutive=max_consecutive_failures)
-        counts, skipped, table = run_fetch(
-            items, root, options, workers=workers, rate_limit=rate_limit, guard=guard,
-            table_suffix=part.suffix, retry_failed=retry_failed, bad_rows=bad,
+        result = run_fetch(
+            items, root, options, part=parse_part(part), workers=workers, rate_limit=rate_limit, guard=guard,
+            retry_failed=retry_failed, bad_rows=bad,
         )
     except (ManifestError, ValueError) as e:
         fail(f"uniform fetch: {e}", USAGE)
     except (FetchSetupError, TooManyFailures, OSError) as e:
         fail(f"uniform fetch: {e}")
-    print_summary("fetch", counts, skipped, table, elapsed(), str(Path(root) / "raw"))
-    exit_if_nothing_succeeded(counts, skipped, ok=("ok", "local"))
+    finish_stage(result)

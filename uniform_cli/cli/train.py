@@ -19,8 +19,10 @@ def main(
 ) -> None:
     """Train UniForm on latent shards (T2AV, A2V and V2A together).
 
+    \b
     Example: uniform train recipes/multitask.toml --set train.micro_batch=4
 
+    \b
     Several GPUs: deepspeed --num_gpus 8 $(which uniform) train recipes/multitask.toml
     """
     from rich.console import Console
@@ -50,7 +52,7 @@ def main(
 
     import pickle
 
-    from uniform_cli.latents.loader import ShardDataError
+    from uniform_cli.latents.shard_info import ShardDataError
     from uniform_cli.latents.shards import ShardFormatError
     from uniform_cli.train.loop import Stopped, TrainingError, train
 

@@ -2,7 +2,7 @@
 
 Inputs under the data root: `clips/{key}.mp4|.wav` with `clips.csv` (rows with status ok; their label and
 split), and `captions.csv` (key, text, ...). Output: `shards/` and the status table `encode.csv`
-(`encode.shard-I-of-N.csv` for `--shard I/N`).
+(`encode.part-I-of-N.csv` for `--part I/N`).
 
 What is done is what is in a complete shard (from the shards' stats, whichever process wrote them); a key is
 recorded `ok` in the status table only when its shard is complete, so a run killed mid-shard loses that
@@ -12,36 +12,43 @@ missing caption, a codec error, a non-finite latent) are recorded with a status 
 
 from __future__ import annotations
 
-import time
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from uniform_cli.atomic import exclusive, sweep_temp
 from uniform_cli.config import CodecConfig, DataConfig
+from uniform_cli.latents.clip_reader import Clip, Job, read_ahead, read_clip
+from uniform_cli.latents.shard_writer import LatentSample, SplitShardWriter, discard_partial, shard_prefix
 from uniform_cli.latents.shards import (
     SHARDS_DIR,
-    LatentSample,
     ShardStats,
-    SplitShardWriter,
     check_compatible,
     clip_settings,
-    discard_partial,
     read_stats,
     recover_stats,
     set_aside_broken,
-    shard_prefix,
     stable_id,
     write_index,
 )
-from uniform_cli.media.io import MediaError, read_audio, read_video
 from uniform_cli.prep.manifest import ManifestItem
-from uniform_cli.stage import OK, FailureGuard, ItemResult, Shard, StageError, StatusTable, print_summary, read_status
+from uniform_cli.stage import (
+    OK,
+    FailureGuard,
+    ItemResult,
+    Part,
+    StageError,
+    StageResult,
+    StatusTable,
+    common_errors,
+    drop_done,
+    read_status,
+    timer,
+)
 
 DEFAULT_SPLIT = "train"
 STATUS_FIELDS = ["split", "shard"]
@@ -72,95 +79,9 @@ class EncodeOptions:
     """Encode clips without a caption with empty text instead of recording a failure."""
     limit: int | None = None
     """Encode at most this many clips in this run (for trying things out)."""
-    shard: Shard = field(default_factory=Shard)
+    part: Part = field(default_factory=Part)
+    """This process's part of the work (`--part I/N`)."""
     guard: FailureGuard = field(default_factory=FailureGuard)
-
-
-@dataclass
-class EncodeSummary:
-    """What a run did."""
-
-    counts: Counter
-    """Clips of this run by status word."""
-    skipped: int
-    """Already in a complete shard."""
-    not_clipped: int
-    """Manifest keys without an ok clip (run `uniform clip` first)."""
-    shards: list[str]
-    """Shard files completed by this run."""
-    seconds: float
-
-
-@dataclass
-class Job:
-    """One clip to encode."""
-
-    key: str
-    split: str
-    label: str
-    video_path: Path
-    audio_path: Path
-    caption: str
-    caption_source: dict[str, str]
-    clip_facts: dict[str, str] = field(default_factory=dict)
-    """What clips.csv measured about the source (padding, silence, source fps and size)."""
-
-
-@dataclass
-class Clip:
-    """A decoded clip that satisfies the clip contract."""
-
-    job: Job
-    frames: np.ndarray  # F H W 3 uint8
-    wave: np.ndarray  # S float32
-    fps: float
-
-
-# --------------------------------------------------------------------------------------------- reading
-
-
-def read_clip(job: Job, data: DataConfig) -> Clip:
-    """Decode a clip and check it against the clip contract; StageError('corrupt' | 'bad_clip') otherwise."""
-    for path in (job.video_path, job.audio_path):
-        if not path.is_file():
-            raise StageError("missing_clip", f"{path} does not exist; rerun `uniform clip`")
-    try:
-        frames, fps = read_video(job.video_path)
-        wave, rate = read_audio(job.audio_path)
-    except MediaError as e:
-        raise StageError("corrupt", str(e)) from None
-    want = (data.frames, data.size, data.size, 3)
-    problems = []
-    if frames.shape != want:
-        problems.append(f"video is {'x'.join(map(str, frames.shape))}, expected {'x'.join(map(str, want))}")
-    if abs(fps - data.fps) > 0.01:
-        problems.append(f"video runs at {fps:g} fps, expected {data.fps}")
-    if rate != data.sample_rate or wave.shape != (data.samples,):
-        problems.append(f"audio is {wave.shape[0]} samples at {rate} Hz, expected {data.samples} at {data.sample_rate} Hz")
-    if problems:
-        raise StageError("bad_clip", f"{job.key}: " + "; ".join(problems) + " (rerun `uniform clip` for this key)")
-    return Clip(job, frames, wave, fps)
-
-
-def read_ahead(jobs: Iterable[Job], read: Callable[[Job], Clip], workers: int, window: int) -> Iterator[tuple[Job, Clip | StageError]]:
-    """Decode clips in `workers` threads, at most `window` ahead; yield them in order (failures as StageError)."""
-
-    def result(job: Job, fut: Future) -> tuple[Job, Clip | StageError]:
-        try:
-            return job, fut.result()
-        except StageError as e:
-            return job, e
-        except Exception as e:  # an unexpected decoder failure is still one bad item
-            return job, StageError("error", f"{type(e).__name__}: {e}")
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending: deque[tuple[Job, Future]] = deque()
-        for job in jobs:
-            pending.append((job, pool.submit(read, job)))
-            if len(pending) >= window:
-                yield result(*pending.popleft())
-        while pending:
-            yield result(*pending.popleft())
 
 
 # --------------------------------------------------------------------------------------------- codecs
@@ -248,30 +169,20 @@ def _check_finite(key: str, arrays: tuple[np.ndarray | None, ...]) -> None:
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def plan_jobs(
-    items: list[ManifestItem],
-    root: Path,
-    shard: Shard,
-    done: set[str],
-    allow_missing_captions: bool,
-) -> tuple[list[Job], list[tuple[str, str, StageError]], int, int]:
-    """This process's clips to encode, the ones failing for want of a caption, and the counts skipped.
+def plan_encode(
+    items: list[ManifestItem], root: Path, allow_missing_captions: bool
+) -> tuple[list[Job], list[tuple[str, str, StageError]], list[str]]:
+    """The clips of `items` to encode, the ones failing for want of a caption, and the keys without an ok clip.
 
-    Returns (jobs, failures as (key, split, error), already done, without an ok clip).
+    Returns (jobs, failures as (key, split, error), keys not clipped).
     """
     clips = read_status(root, "clips")
     captions = read_status(root, "captions")
-    jobs, failures = [], []
-    skipped = not_clipped = 0
+    jobs, failures, not_clipped = [], [], []
     for item in items:
-        if not shard.owns(item.key):
-            continue
-        if item.key in done:
-            skipped += 1
-            continue
         row = clips.get(item.key)
         if row is None or row["status"] != OK:
-            not_clipped += 1
+            not_clipped.append(item.key)
             continue
         split = row.get("split") or item.split or DEFAULT_SPLIT
         cap = captions.get(item.key)
@@ -297,7 +208,7 @@ def plan_jobs(
                 clip_facts={k: row[k] for k in CLIP_FACTS if row.get(k)},
             )
         )
-    return jobs, failures, skipped, not_clipped
+    return jobs, failures, not_clipped
 
 
 def encode_dataset(
@@ -306,29 +217,29 @@ def encode_dataset(
     codec: CodecConfig,
     data: DataConfig,
     options: EncodeOptions,
-) -> EncodeSummary:
-    """Encode this process's clips of `items` into `root/shards/`; see the module docstring.
+) -> StageResult:
+    """Encode the clips of `items` that `options.part` owns into `root/shards/`; see the module docstring.
 
     Raises TooManyFailures past the failure caps, CodecError for missing weights, ShardFormatError when
-    the folder already holds shards of other codecs or shapes, Busy when another run of the same `--shard`
-    is encoding into this root. A summary is printed either way.
+    the folder already holds shards of other codecs or shapes, Busy when another run of the same `--part`
+    is encoding into this root; the shards sealed so far stay complete either way.
     """
-    start = time.perf_counter()
+    elapsed = timer()
     root = Path(root)
     folder = root / SHARDS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    shard = options.shard
+    part = options.part
     if options.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {options.batch_size}")
-    # a second run of the same --shard on this root would delete the first one's temp shards
-    what = f"`uniform encode` with --shard {shard.index}/{shard.count} on {root}"
-    with exclusive(folder / f".encode{shard.suffix}.lock", what):
-        return _encode(items, root, folder, shard, codec, data, options, start)
+    # a second run of the same --part on this root would delete the first one's temp shards
+    what = f"`uniform encode` with --part {part.index}/{part.count} on {root}"
+    with exclusive(folder / f".encode{part.suffix}.lock", what):
+        return _encode(items, root, folder, part, codec, data, options, elapsed)
 
 
-def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, data: DataConfig,
-            options: EncodeOptions, start: float) -> EncodeSummary:
-    """encode_dataset's work, with this shard's lock held."""
+def _encode(items, root: Path, folder: Path, part: Part, codec: CodecConfig, data: DataConfig,
+            options: EncodeOptions, elapsed: Callable[[], float]) -> StageResult:
+    """encode_dataset's work, with this part's lock held."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
@@ -338,20 +249,20 @@ def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, d
     set_aside_broken(folder)
     stats = read_stats(folder)
     done = {k for s in stats for k in s.keys}
-    table = StatusTable(root / f"encode{shard.suffix}.csv", STATUS_FIELDS)
+    table = StatusTable.for_part(root, "encode", part, STATUS_FIELDS)
     for s in stats:  # a run killed after a shard's stats but before its status rows
         for key in s.keys:
-            if shard.owns(key) and table.status(key) != OK:
+            if part.owns(key) and table.status(key) != OK:
                 table.record(ItemResult(key, OK, fields={"split": s.split, "shard": s.file}))
 
-    jobs, caption_failures, skipped, not_clipped = plan_jobs(items, root, shard, done, options.allow_missing_captions)
+    todo, skipped = drop_done(part.select(items), lambda item: item.key in done)
+    jobs, caption_failures, not_clipped = plan_encode(todo, root, options.allow_missing_captions)
     for split in {j.split for j in jobs} | {split for _, split, _ in caption_failures}:
-        discard_partial(folder, shard_prefix(split, shard))
+        discard_partial(folder, shard_prefix(split, part))
     if options.limit is not None:
         jobs = jobs[: options.limit]
 
     counts: Counter = Counter()
-    sealed: list[str] = []
     writers: dict[str, SplitShardWriter] = {}
     guard = options.guard
     early_failures: dict[str, dict[str, str]] = {}
@@ -388,13 +299,12 @@ def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, d
             def on_sealed(s: ShardStats) -> None:
                 for key in s.keys:
                     table.record(ItemResult(key, OK, fields={"split": s.split, "shard": s.file}))
-                sealed.append(s.file)
                 write_index(folder)
 
             def writer(split: str) -> SplitShardWriter:
                 if split not in writers:
                     writers[split] = SplitShardWriter(
-                        folder, split, shard, options.samples_per_shard, lambda: (info, shapes), on_sealed
+                        folder, split, part, options.samples_per_shard, lambda: (info, shapes), on_sealed
                     )
                     writers[split].failed.update(early_failures.pop(split, {}))
                 return writers[split]
@@ -453,7 +363,7 @@ def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, d
                 bar = progress.add_task("encoding", total=len(jobs))
                 batch: list[Clip] = []
                 window = 2 * options.batch_size + options.workers
-                for job, clip in read_ahead(jobs, lambda j: read_clip(j, data), options.workers, window):
+                for job, clip in read_ahead(jobs, lambda j: read_clip(j, data.clip), options.workers, window):
                     if isinstance(clip, StageError):
                         fail(job.key, job.split, clip)
                         progress.advance(bar)
@@ -473,11 +383,5 @@ def _encode(items, root: Path, folder: Path, shard: Shard, codec: CodecConfig, d
         table.close()
         if read_stats(folder):
             write_index(folder)
-        seconds = time.perf_counter() - start
-        print_summary("encode", counts, skipped, table, seconds, str(folder))
-        if not_clipped:
-            from rich.console import Console
-
-            Console().print(f"{not_clipped} manifest keys have no ok clip in clips.csv (run `uniform clip`)")
-    return EncodeSummary(counts, skipped, not_clipped, sealed, seconds)
-
+    return StageResult("encode", counts, skipped, elapsed(), table.path, folder, errors=common_errors(table),
+                       left_out=not_clipped, needs="clip")

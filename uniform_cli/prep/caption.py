@@ -9,41 +9,33 @@ the same captioner and model (degenerate ones too, since greedy decoding would r
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-from uniform_cli.prep.captioners import CaptionError, Captioner, CaptionInput
+from uniform_cli.prep.captioners import CaptionerConfig, build_captioner
+from uniform_cli.prep.captioners.contract import Captioner, CaptionError, CaptionInput
 from uniform_cli.prep.captioners.degenerate import DEGENERATE, degenerate_status
 from uniform_cli.prep.manifest import ManifestItem, read_items
 from uniform_cli.stage import (
     OK,
     FailureGuard,
     ItemResult,
-    Shard,
+    Part,
     StageError,
+    StageResult,
     StatusTable,
-    print_summary,
+    common_errors,
+    drop_done,
     read_status,
-    run_items,
+    run_stage,
     timer,
 )
 
-STAGE = "caption"
 TABLE = "captions"
 FIELDS = ["text", "captioner", "model"]
-CAPTIONERS = ("pllava", "labels", "hf")
-
-
-@dataclass
-class CaptionReport:
-    """What a caption run did: status counts, keys skipped as done, and the status table."""
-
-    counts: dict[str, int]
-    skipped: int
-    table: Path
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -57,9 +49,9 @@ class CaptionJob:
 
 @dataclass
 class BatchedWork:
-    """`run_items`' work function that captions `batch_size` jobs at a time.
+    """`run_stage`'s work function that captions `batch_size` jobs at a time.
 
-    run_items calls it once per job, in order; the first call of each batch captions the whole batch
+    run_stage calls it once per job, in order; the first call of each batch captions the whole batch
     (frames decoded in threads) and later calls return the stored results.
     """
 
@@ -132,7 +124,7 @@ def clip_path(root: Path, key: str, row: dict[str, str]) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def plan_jobs(
+def plan_captions(
     items: Sequence[ManifestItem], root: Path, needs_video: bool, source_is_folder: bool
 ) -> tuple[list[CaptionJob], list[ItemResult]]:
     """Jobs for the items that can be captioned, and failure rows for those that cannot (no clip, no label)."""
@@ -162,8 +154,8 @@ def plan_jobs(
     return jobs, failures
 
 
-def is_done(row: dict[str, str] | None, name: str, model: str, redo_degenerate: bool) -> bool:
-    """A key is done when the same captioner and model gave it an ok (or, unless redoing, degenerate) caption."""
+def captioned_by(row: dict[str, str] | None, name: str, model: str, redo_degenerate: bool) -> bool:
+    """Whether a captions.csv row holds an ok (or, unless redoing, degenerate) caption by this captioner and model."""
     if row is None or row.get("captioner") != name or row.get("model") != model:
         return False
     return row["status"] == OK or (row["status"] in DEGENERATE and not redo_degenerate)
@@ -172,47 +164,30 @@ def is_done(row: dict[str, str] | None, name: str, model: str, redo_degenerate: 
 def run_caption(
     source: str | Path,
     root: Path,
-    name: str,
-    model: str,
-    make_captioner: Callable[[], Captioner],
+    captioner: CaptionerConfig,
     *,
     batch_size: int = 8,
-    shard: Shard = Shard(),
+    part: Part = Part(),
     guard: FailureGuard | None = None,
     redo_degenerate: bool = False,
-    summary: bool = True,
-) -> CaptionReport:
-    """Caption every item of `source` (manifest or folder) owned by `shard` into `root/captions[.shard].csv`.
+) -> StageResult:
+    """Caption every item of `source` (manifest or folder) that `part` owns into `root/captions{part.suffix}.csv`.
 
-    `name` and `model` are what the captioner writes in the `captioner` and `model` columns; rows that match
-    them are done. `make_captioner` is called only when something is left to caption (loading a 7B model takes
-    a while).
+    Rows by the same captioner and model (`captioner.recorded_model`) are done. The captioner is built only
+    when something is left to caption (loading a 7B model takes a while).
     """
-    if name not in CAPTIONERS:
-        raise CaptionError(f"unknown captioner {name!r}; pick one of {', '.join(CAPTIONERS)}")
-    needs_video = name != "labels"
     if batch_size < 1:
         raise CaptionError(f"--batch-size must be >= 1, got {batch_size}")
     elapsed = timer()
-    items = [item for item in read_items(source) if shard.owns(item.key)]
-    table = StatusTable(root / f"{TABLE}{shard.suffix}.csv", FIELDS)
-    jobs, failures = plan_jobs(items, root, needs_video, Path(source).is_dir())
-    counts: dict[str, int] = {}
+    name, model = captioner.name, captioner.recorded_model
+    table = StatusTable.for_part(root, TABLE, part, FIELDS)
+    jobs, failures = plan_captions(part.select(read_items(source)), root, captioner.needs_video, Path(source).is_dir())
     for failure in failures:
         table.record(failure)
-        counts[failure.status] = counts.get(failure.status, 0) + 1
     table.close()
-    todo = [job for job in jobs if not is_done(table.rows.get(job.key), name, model, redo_degenerate)]
-    skipped = len(jobs) - len(todo)
+    todo, skipped = drop_done(jobs, lambda job: captioned_by(table.rows.get(job.key), name, model, redo_degenerate))
+    counts = Counter(failure.status for failure in failures)
     if todo:
-        captioner = make_captioner()
-        work = BatchedWork(todo, captioner, batch_size)
-        done = run_items(todo, work, table, key=lambda job: job.key, guard=guard, description="captioning")
-        for status, n in done.items():
-            counts[status] = counts.get(status, 0) + n
-    report = CaptionReport(counts, skipped, table.path, elapsed())
-    if summary:
-        from collections import Counter
-
-        print_summary(STAGE, Counter(counts), skipped, table, report.seconds, str(table.path))
-    return report
+        work = BatchedWork(todo, build_captioner(captioner), batch_size)
+        counts += run_stage(todo, work, table, key=lambda job: job.key, guard=guard, description="captioning")
+    return StageResult("caption", counts, skipped, elapsed(), table.path, table.path, errors=common_errors(table))

@@ -16,7 +16,20 @@ from uniform_cli.atomic import sweep_temp
 from uniform_cli.config import ClipSpec
 from uniform_cli.media.prepare import prepare_media
 from uniform_cli.prep.manifest import ManifestItem
-from uniform_cli.stage import OK, ItemResult, StageError
+from uniform_cli.stage import (
+    OK,
+    FailureGuard,
+    ItemResult,
+    Part,
+    StageError,
+    StageResult,
+    StatusTable,
+    common_errors,
+    drop_done,
+    read_status,
+    run_stage,
+    timer,
+)
 
 CLIP_FIELDS = [
     "video", "audio", "label", "split",
@@ -84,8 +97,8 @@ def plan_clips(
     return jobs, unfetched
 
 
-def is_done(row: dict[str, str] | None, root: str | Path, spec: ClipSpec) -> bool:
-    """An ok row with the same clip spec whose two files exist."""
+def clipped_with(row: dict[str, str] | None, root: str | Path, spec: ClipSpec) -> bool:
+    """Whether a clips.csv row says the item was clipped ok in `spec`, and its two files are still there."""
     if not row or row["status"] != OK or row.get("spec") != spec.tag:
         return False
     return (Path(root) / row["video"]).is_file() and (Path(root) / row["audio"]).is_file()
@@ -136,21 +149,22 @@ def run_clip(
     root: str | Path,
     options: ClipOptions,
     *,
+    part: Part = Part(),
     workers: int = 1,
-    guard=None,
-    table_suffix: str = "",
-):
-    """Clip every item not done yet; returns (status counts, items skipped as done, unfetched keys, table)."""
+    guard: FailureGuard | None = None,
+) -> StageResult:
+    """Clip every item of `part` not clipped in `options.spec` yet; remote items that `fetch` has not downloaded
+    are left out (`StageResult.left_out`)."""
     from functools import partial
 
-    from uniform_cli.stage import StatusTable, read_status, run_items
-
+    elapsed = timer()
     root = Path(root)
-    jobs, unfetched = plan_clips(items, root, read_status(root, "fetch"))
-    done = read_status(root, "clips")
-    todo = [job for job in jobs if not is_done(done.get(job.key), root, options.spec)]
-    table = StatusTable(root / f"clips{table_suffix}.csv", CLIP_FIELDS)
+    jobs, unfetched = plan_clips(part.select(items), root, read_status(root, "fetch"))
+    clipped = read_status(root, "clips")
+    todo, skipped = drop_done(jobs, lambda job: clipped_with(clipped.get(job.key), root, options.spec))
+    table = StatusTable.for_part(root, "clips", part, CLIP_FIELDS)
     sweep_temp(root / "clips")  # what a killed run left half-written
     work = partial(clip_item, options=options)
-    counts = run_items(todo, work, table, workers=workers, guard=guard, description="clip")
-    return counts, len(jobs) - len(todo), unfetched, table
+    counts = run_stage(todo, work, table, workers=workers, guard=guard, description="clip")
+    return StageResult("clip", counts, skipped, elapsed(), table.path, root / "clips", errors=common_errors(table),
+                       left_out=unfetched, needs="fetch")

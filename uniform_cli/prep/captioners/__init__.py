@@ -1,76 +1,109 @@
-"""Captioners: what turns a clip (or its label) into the text the model is conditioned on.
+"""Captioners: what turns a clip (or its label) into the text the model is conditioned on, and the one place a
+captioner's name maps to its class (`build_captioner`).
 
 - `pllava`: PLLaVA (the paper's captioner for VGGSound/AudioSet), built from transformers parts (pllava.py).
 - `labels`: the manifest label, optionally in a template (the paper's captions for Landscape) (labels.py).
 - `hf`: any transformers image-text-to-text model that takes video and has a chat template (hf.py).
 
-Every captioner takes a batch of `CaptionInput` and returns one text per input; the driver
+Every captioner takes a batch of `CaptionInput` and returns one text per input (contract.py); the driver
 (`uniform_cli.prep.caption`) flags degenerate texts (degenerate.py) and records them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-# Open-Sora 1.2's PLLaVA captioning prompt (tools/caption/pllava_dir/caption_pllava.py): system text + question.
-OPEN_SORA_SYSTEM = (
-    "Describe this video. Pay attention to all objects in the video. The description should be useful for AI to "
-    "re-generate the video. The description should be no more than six sentences. Here are some examples of good "
-    "descriptions: 1. A stylish woman walks down a Tokyo street filled with warm glowing neon and animated city "
-    "signage. She wears a black leather jacket, a long red dress, and black boots, and carries a black purse. She "
-    "wears sunglasses and red lipstick. She walks confidently and casually. The street is damp and reflective, "
-    "creating a mirror effect of the colorful lights. Many pedestrians walk about. 2. Several giant wooly mammoths "
-    "approach treading through a snowy meadow, their long wooly fur lightly blows in the wind as they walk, snow "
-    "covered trees and dramatic snow capped mountains in the distance, mid afternoon light with wispy clouds and a "
-    "sun high in the distance creates a warm glow, the low camera view is stunning capturing the large furry "
-    "mammal with beautiful photography, depth of field. 3. Drone view of waves crashing against the rugged cliffs "
-    "along Big Sur's garay point beach. The crashing blue waters create white-tipped waves, while the golden light "
-    "of the setting sun illuminates the rocky shore. A small island with a lighthouse sits in the distance, and "
-    "green shrubbery covers the cliff's edge. The steep drop from the road down to the beach is a dramatic feat, "
-    "with the cliff\u2019s edges jutting out over the sea. This is a view that captures the raw beauty of the coast "
-    "and the rugged landscape of the Pacific Coast Highway."
-)
-OPEN_SORA_QUESTION = "Describe the video in details."
-ASSISTANT_TAG = "ASSISTANT:"
+from uniform_cli.prep.captioners.contract import OPEN_SORA_QUESTION, OPEN_SORA_SYSTEM, Captioner
 
-
-class CaptionError(RuntimeError):
-    """A captioner cannot be set up (missing model, bad settings); the message says what to do."""
+CAPTIONERS = ("pllava", "labels", "hf")
 
 
 @dataclass(frozen=True)
-class CaptionInput:
-    """One item to caption: its key, its sampled frames (video captioners) and its label (label captioner)."""
+class CaptionerConfig:
+    """Which captioner writes the captions, and its settings (the flags of `uniform caption`)."""
 
-    key: str
-    frames: Any = None
-    """uint8 `F H W 3` numpy frames at segment centres of the clip, for video captioners."""
-    label: str = ""
+    name: str = "pllava"
+    """pllava | labels | hf."""
+    model: str | None = None
+    """Hub id (in the local HF cache) or folder; pllava's default is its 7B checkpoint, hf needs one."""
+    template: str | None = None
+    """labels: the caption around the label, e.g. "the sound of {label}" (None: the bare label)."""
+    num_frames: int = 4
+    """Frames sampled at segment centres of each clip (video captioners)."""
+    pooling: tuple[int, int, int] = (4, 12, 12)
+    """pllava: pooling shape frames, height, width."""
+    max_new_tokens: int = 256
+    """Longest caption in tokens (video captioners)."""
+    question: str = OPEN_SORA_QUESTION
+    system: str = OPEN_SORA_SYSTEM
+    """Text before the question (video captioners)."""
+    lora_alpha: float = 4.0
+    """pllava: LoRA alpha of the merge (scale alpha / r), as PLLaVA's own inference uses."""
+    lora_r: int | None = None
+    """pllava: LoRA rank (None: as stored)."""
+    hf_input: str = "auto"
+    """hf: how frames reach the model: video | frames (as images) | auto."""
+    device: str | None = None
+    """torch device (None: cuda when available)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in CAPTIONERS:
+            raise ValueError(f"--captioner must be {', '.join(CAPTIONERS[:-1])} or {CAPTIONERS[-1]}, not {self.name!r}")
+        if self.name == "hf" and not self.model:
+            from uniform_cli.prep.captioners.hf import EXAMPLE_MODEL
+
+            raise ValueError(
+                f"--captioner hf needs --model (a hub id in the local cache or a folder), e.g. {EXAMPLE_MODEL}"
+            )
+
+    @property
+    def needs_video(self) -> bool:
+        """Whether the captioner reads clips (every one but `labels`)."""
+        return self.name != "labels"
+
+    @property
+    def recorded_model(self) -> str:
+        """What the captioner writes in the `model` column, known without building it (loading a 7B model takes
+        a while, and a rerun builds nothing when every key is captioned by this model already)."""
+        if self.name == "labels":
+            from uniform_cli.prep.captioners.labels import LabelCaptioner
+
+            return LabelCaptioner(self.template).model
+        if self.name == "pllava" and not self.model:
+            from uniform_cli.prep.captioners.pllava import DEFAULT_MODEL
+
+            return DEFAULT_MODEL
+        return str(self.model)
 
 
-class Captioner(Protocol):
-    name: str
-    """The captioner's name as written in the `captioner` column."""
-    model: str
-    """What produced the text (a model id or folder, or the template), written in the `model` column."""
-    prompt: str
-    """The text the captioner was prompted with ('' for labels); degenerate checks look for echoes of it."""
-    num_frames: int
-    """Frames sampled per clip (0: the captioner needs no video)."""
+def build_captioner(cfg: CaptionerConfig) -> Captioner:
+    """The captioner `cfg` names, loaded (CaptionError, or CaptionWeightsError for missing weights, otherwise)."""
+    if cfg.name == "labels":
+        from uniform_cli.prep.captioners.labels import LabelCaptioner
 
-    def caption(self, inputs: list[CaptionInput]) -> list[str]:
-        """One cleaned caption per input, in order. Raises on a failure of the whole batch."""
-        ...
+        return LabelCaptioner(cfg.template)
+    if cfg.name == "pllava":
+        from uniform_cli.prep.captioners.pllava import PllavaCaptioner
 
+        return PllavaCaptioner(
+            cfg.recorded_model,
+            num_frames=cfg.num_frames,
+            pooling_shape=cfg.pooling,
+            max_new_tokens=cfg.max_new_tokens,
+            question=cfg.question,
+            system=cfg.system,
+            lora_alpha=cfg.lora_alpha,
+            lora_r=cfg.lora_r,
+            device=cfg.device,
+        )
+    from uniform_cli.prep.captioners.hf import HFCaptioner
 
-def clean_caption(text: str) -> str:
-    """Open-Sora's clean-up: keep the text after the last "ASSISTANT:", drop `</s>`, newlines to spaces, strip."""
-    text = text.split(ASSISTANT_TAG)[-1].replace("</s>", "")
-    return text.replace("\r\n", " ").replace("\n", " ").strip()
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return HFCaptioner(
+        cfg.recorded_model,
+        num_frames=cfg.num_frames,
+        max_new_tokens=cfg.max_new_tokens,
+        question=cfg.question,
+        system=cfg.system,
+        video_input=cfg.hf_input,
+        device=cfg.device,
+    )

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from uniform_cli.prep.captioners import (
+from uniform_cli.prep.captioners.contract import (
     OPEN_SORA_QUESTION,
     OPEN_SORA_SYSTEM,
     CaptionError,
     CaptionInput,
+    CaptionWeightsError,
     clean_caption,
     default_device,
 )
-from uniform_cli.prep.captioners.pllava import resolve_model_folder
+from uniform_cli.pretrained import resolve_pretrained
 
 EXAMPLE_MODEL = "llava-hf/LLaVA-NeXT-Video-7B-hf"
 VIDEO_INPUTS = ("auto", "video", "frames")
@@ -52,7 +53,8 @@ class HFCaptioner:
             raise CaptionError(f"video input must be one of {VIDEO_INPUTS}, got {video_input!r}")
         if num_frames < 1 or max_new_tokens < 1:
             raise CaptionError("num_frames and max_new_tokens must be >= 1")
-        folder = resolve_model_folder(model, "a transformers model with its processor files", EXAMPLE_MODEL)
+        folder = resolve_pretrained(model, [], "hf captioner model (a transformers model with its processor files)",
+                                    example=EXAMPLE_MODEL, error=CaptionWeightsError)
         device = device or default_device()
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         try:

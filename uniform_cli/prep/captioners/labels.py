@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 
-from uniform_cli.prep.captioners import CaptionError, CaptionInput
+from uniform_cli.prep.captioners.contract import CaptionError, CaptionInput
 
 
 def check_template(template: str) -> None:

@@ -23,15 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniform_cli.prep.captioners import (
+from uniform_cli.prep.captioners.contract import (
     OPEN_SORA_QUESTION,
     OPEN_SORA_SYSTEM,
     CaptionError,
     CaptionInput,
+    CaptionWeightsError,
     clean_caption,
     default_device,
 )
 from uniform_cli.prep.captioners.frames import CLIP_MEAN, CLIP_STD, clip_pixels
+from uniform_cli.pretrained import resolve_pretrained
 
 DEFAULT_MODEL = "ermu2001/pllava-7b"
 IMAGE_TOKEN = "<image>"
@@ -204,30 +206,6 @@ def convert_pllava_state_dict(
 # ------------------------------------------------------------------------------------------------- loading
 
 
-def resolve_model_folder(model: str, files_hint: str, example: str) -> Path:
-    """A local folder, or a hub id already in the Hugging Face cache; else a CaptionError saying what to do."""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        return folder
-    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1
-    repo = example if looks_like_path else model
-    local = f"models/{repo.split('/')[-1]}"
-    download = (
-        f"Download it once with `huggingface-cli download {repo} --local-dir {local}` and pass `--model {local}` "
-        "(nothing is downloaded automatically)"
-    )
-    if looks_like_path:
-        raise CaptionError(f"model folder {model!r} does not exist; it should hold {files_hint}. {download}.")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception as err:  # not cached, malformed id: the remedy is the same
-        raise CaptionError(
-            f"model {model!r} is not in the local Hugging Face cache ({type(err).__name__}). {download}."
-        ) from None
-
-
 def read_safetensors(folder: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of the shards listed in `model.safetensors.index.json`."""
     from safetensors import safe_open
@@ -330,8 +308,9 @@ def load_pllava(
     """(PllavaForCaptioning with LoRA merged, tokenizer, folder, config dict) from a hub id or folder."""
     from transformers import AutoTokenizer
 
-    folder = resolve_model_folder(
-        model, "config.json, model.safetensors.index.json with its shards, and tokenizer files", DEFAULT_MODEL
+    folder = resolve_pretrained(
+        model, [], "PLLaVA checkpoint (config.json, model.safetensors.index.json with its shards, tokenizer files)",
+        example=DEFAULT_MODEL, error=CaptionWeightsError,
     )
     if not (folder / "config.json").is_file():
         raise CaptionError(f"{folder}: config.json is missing; is this a PLLaVA checkpoint folder?")
