@@ -2,7 +2,7 @@
 
     python benchmarks/encode.py --tiny                        # CPU smoke run (tiny widths, real factors)
     python benchmarks/encode.py --batch-size 8                # real-size VAEs, bf16 on CUDA
-    python benchmarks/encode.py --batch-size 16 --video-micro-batch 64
+    python benchmarks/encode.py --batch-size 16 --video-frames-per-call 64
 
 The codecs are built with their own constructors, saved with `save_pretrained` in the published layout and
 loaded back through `build_video_codec` / `build_audio_codec` (the path `uniform encode` takes), then the
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per codec call")
     parser.add_argument("--batches", type=int, default=4, help="timed batches (after one warm-up batch)")
-    parser.add_argument("--video-micro-batch", type=int, default=None, help="frames per spatial VAE call")
+    parser.add_argument("--video-frames-per-call", type=int, default=None, help="frames per spatial VAE call")
     parser.add_argument("--workers", type=int, default=8, help="clip-reading threads for read_clips_per_s")
     args = parser.parse_args()
 
@@ -114,8 +114,8 @@ def main() -> None:
         codec = CodecConfig(video_vae=video_id, audio_vae=audio_id)
         video = build_video_codec(codec, device, dtype)
         audio = build_audio_codec(codec, device, dtype)
-        if args.video_micro_batch is not None:
-            video.micro_batch_frames = args.video_micro_batch
+        if args.video_frames_per_call is not None:
+            video.frames_per_call = args.video_frames_per_call
         encoder = BatchEncoder(video, audio, None, device)
         rng = np.random.default_rng(0)
         job = Job("clip", "train", "", folder / "x.mp4", folder / "x.wav", "", {})
@@ -163,7 +163,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "batch_size": args.batch_size,
-        "video_micro_batch": video.micro_batch_frames,
+        "video_frames_per_call": video.frames_per_call,
         "clips": clips,
         "seconds": round(seconds, 3),
         "clips_per_s": round(clips / seconds, 3),

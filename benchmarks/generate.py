@@ -80,7 +80,7 @@ def build_codecs(tiny: bool, device, dtype):
         if tiny:
             video = OpenSoraVAE({**SDXL_VAE_CONFIG, "block_out_channels": [4, 8, 8, 16], "layers_per_block": 1,
                                  "norm_num_groups": 4},
-                                TemporalVAEConfig(filters=4, num_res_blocks=1, num_groups=2), micro_batch_frames=32)
+                                TemporalVAEConfig(filters=4, num_res_blocks=1, num_groups=2), frames_per_call=32)
         else:
             video = OpenSoraVAE()
         vae = AutoencoderKL(
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per setting (the median is reported)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
-    parser.add_argument("--video-micro-batch", type=int, default=None,
+    parser.add_argument("--video-frames-per-call", type=int, default=None,
                         help="frames per spatial VAE decoder call (the checkpoint default is 4)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
@@ -132,8 +132,8 @@ def main() -> None:
     if args.compile:
         compile_blocks(model)
     video_codec, audio_codec = build_codecs(args.tiny, device, dtype)
-    if args.video_micro_batch:
-        video_codec.micro_batch_frames = args.video_micro_batch
+    if args.video_frames_per_call:
+        video_codec.frames_per_call = args.video_frames_per_call
     text_encoder = build_text_encoder(cfg.text_dim, args.with_t5 and not args.tiny, cfg.text_len, device, dtype)
     pipe = UniFormPipeline(model, make_schedule(DiffusionConfig()), video_codec, audio_codec, text_encoder, spec,
                            GenerateConfig(cfg_video=4.0, cfg_audio=4.0), device, dtype)
@@ -166,7 +166,7 @@ def main() -> None:
         "clip": spec.tag,
         "batch_size": args.batch_size,
         "compile": args.compile,
-        "video_micro_batch": video_codec.micro_batch_frames,
+        "video_frames_per_call": video_codec.frames_per_call,
         "weights_memory_gb": round(weights / 1e9, 3) if weights is not None else None,
         "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "cpu peak rss",
         "results": results,

@@ -21,7 +21,7 @@ import torch
 from uniform_cli.config import PRESETS
 from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 from uniform_cli.model.uniform import build_model, compile_blocks, flops_per_sample, num_parameters, num_tokens
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 H100_BF16_FLOPS = 989e12
 
@@ -30,7 +30,7 @@ def make_batch(cfg, batch: int, text_len: int, device, generator) -> dict:
     def randn(*shape):
         return torch.randn(*shape, generator=generator, device="cpu").to(device)
 
-    x = Latents(randn(batch, *cfg.video_latent), randn(batch, *cfg.audio_latent))
+    x = AV(randn(batch, *cfg.video_latent), randn(batch, *cfg.audio_latent))
     lengths = torch.randint(1, text_len + 1, (batch,), generator=generator)
     mask = (torch.arange(text_len)[None] < lengths[:, None]).to(device)
     return dict(

@@ -33,7 +33,7 @@ from uniform_cli.model.uniform import (
 from uniform_cli.train.ema import make_ema
 from uniform_cli.train.engine import build_engine, init_distributed
 from uniform_cli.train.step import StepParts, train_step
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 PEAK_BF16 = 989e12
 
@@ -50,7 +50,7 @@ def run(preset: str, micro_batch: int, checkpointing: bool, compile_: bool, step
         compile_blocks(engine.module)
     parts = StepParts(engine, ema, make_schedule(DiffusionConfig()), train, DataConfig(), rank=0, device=device)
     g = torch.Generator().manual_seed(0)
-    x0 = Latents(torch.randn(micro_batch, *cfg.video_latent, generator=g),
+    x0 = AV(torch.randn(micro_batch, *cfg.video_latent, generator=g),
                  torch.randn(micro_batch, *cfg.audio_latent, generator=g))
     text = torch.randn(micro_batch, cfg.text_len, cfg.text_dim, generator=g)
     mask = torch.ones(micro_batch, cfg.text_len, dtype=torch.bool)

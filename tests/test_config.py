@@ -1,8 +1,8 @@
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from uniform_cli.config import (
     CodecConfig,

@@ -17,7 +17,7 @@ from uniform_cli.model.uniform import build_model
 from uniform_cli.train.ema import make_ema
 from uniform_cli.train.engine import build_engine, init_distributed
 from uniform_cli.train.step import StepParts, train_step
-from uniform_cli.types import Latents, Task
+from uniform_cli.types import AV, Task
 
 STEPS = 300
 BATCH = 2
@@ -36,7 +36,7 @@ def _example(cfg, gen: torch.Generator):
                                             mode="bilinear")
     video = video[:, :, None].expand(1, c_v, f, h, w)
     audio = audio.repeat(1, 1, f, 1)
-    x0 = Latents((video / video.std()).contiguous(), (audio / audio.std()).contiguous())
+    x0 = AV((video / video.std()).contiguous(), (audio / audio.std()).contiguous())
     text = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen)
     mask = torch.arange(cfg.text_len)[None] < 10
     return x0, text, mask

@@ -10,8 +10,12 @@ can catch that one class.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PretrainedError(RuntimeError):
@@ -91,3 +95,47 @@ def _check_files(folder: Path, files: Sequence[str], what: str, error: type[Pret
     missing = [pattern for pattern in files if not any(p.is_file() for p in folder.glob(pattern))]
     if missing:
         raise error(f"{what}: {folder} lacks {', '.join(missing)}; a complete checkpoint holds {', '.join(files)}.")
+
+
+def read_state_dict(path: str | Path, error: type[Exception] = PretrainedError) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file, a `.pth/.pt/.bin/.ckpt` state dict, a sharded `*.index.json`, or a
+    folder holding one of those (diffusers' `diffusion_pytorch_model*`, optionally in a `transformer/`
+    subfolder, or `model.safetensors`). Torch files are read with `weights_only=True`, so nothing in them runs;
+    a missing, truncated or foreign file raises `error`, naming it."""
+    path = Path(path)
+    if path.is_dir():
+        names = ["model.safetensors", "diffusion_pytorch_model.safetensors",
+                 "diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"]
+        for folder in (path, path / "transformer"):
+            for name in names:
+                if (folder / name).is_file():
+                    return read_state_dict(folder / name, error)
+        raise error(f"{path} holds none of {', '.join(names)} (also looked in {path / 'transformer'})")
+    if not path.is_file():
+        raise error(f"checkpoint {path} does not exist")
+    if path.name.endswith(".index.json"):
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+            state.update(read_state_dict(path.parent / shard, error))
+        return state
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+        raise error(f"{path}: unknown checkpoint format (use .safetensors, .pth or a folder)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated download, or a pickle that needs more than tensors
+        raise error(f"cannot read {path} as a tensor checkpoint: {e}") from None
+    # PixArt's released .pth files wrap the weights as {"state_dict": ...}; training states keep an "ema";
+    # PANNs keep them under "model" beside training bookkeeping.
+    for key in ("state_dict", "ema", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise error(f"{path} does not hold a state dict of tensors")
+    return obj

@@ -1,4 +1,4 @@
-"""Small typed bundles that travel between stages: tasks and latents."""
+"""Small typed bundles that travel between stages: tasks, and one tensor per modality (`AV`)."""
 
 from __future__ import annotations
 
@@ -27,24 +27,24 @@ class Task(enum.IntEnum):
 
 
 @dataclass
-class Latents:
-    """Video and audio latents of a batch.
+class AV:
+    """One tensor per modality of a batch: latents, model outputs, masks or losses.
 
-    video: `B C F H W` (Open-Sora VAE: 4 x 20 x 32 x 32 for a 4 s clip)
-    audio: `B C T M`   (AudioLDM VAE: 8 x 100 x 16; T = time rows, M = mel bins)
+    Latents are video `B C F H W` (Open-Sora VAE: 4 x 20 x 32 x 32 for a 4 s clip) and audio `B C T M`
+    (AudioLDM VAE: 8 x 100 x 16; T = time rows, M = mel bins); masks and losses have the leading dims of these.
     """
 
     video: torch.Tensor
     audio: torch.Tensor
 
-    def map(self, fn: Callable[..., torch.Tensor], *others: "Latents") -> "Latents":
+    def map(self, fn: Callable[..., torch.Tensor], *others: "AV") -> "AV":
         """Apply `fn(video, *other_videos)` and `fn(audio, *other_audios)`."""
-        return Latents(
+        return AV(
             video=fn(self.video, *(o.video for o in others)),
             audio=fn(self.audio, *(o.audio for o in others)),
         )
 
-    def to(self, *args, **kwargs) -> "Latents":
+    def to(self, *args, **kwargs) -> "AV":
         return self.map(lambda x: x.to(*args, **kwargs))
 
     @property

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from uniform_cli.config import CodecConfig, load_recipe
+from uniform_cli.config import PRESETS, CodecConfig, load_recipe
 from uniform_cli.demo.world import WorldSpec, render_scene
 from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
 from uniform_cli.latents.melcodec import MEL_SCALE, MEL_SHIFT, MelCodec
@@ -14,7 +14,6 @@ from uniform_cli.latents.pixel import PixelCodec
 from uniform_cli.latents.text import HashTextEncoder, TextEncoder
 from uniform_cli.media import mel as melspec
 from uniform_cli.model.packing import AudibleFrameLayout
-from uniform_cli.config import PRESETS
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
 CLIP = WorldSpec(width=64, height=64, fps=17.0, sample_rate=16000, seconds=4.0, start=0.0, clip_seconds=4.0)

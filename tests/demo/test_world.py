@@ -95,8 +95,8 @@ def test_same_seed_same_scene_and_kinds_differ():
 
 def test_written_world_survives_the_clip_stage_in_sync(tmp_path: Path):
     """A bounce in a source is still a bounce at the click after `clip` cuts, resamples and crops it."""
-    from uniform_cli.media.io import read_audio, read_video
     from uniform_cli.config import ClipSpec
+    from uniform_cli.media.io import read_audio, read_video
     from uniform_cli.prep.clip import ClipOptions, run_clip
     from uniform_cli.prep.manifest import read_manifest
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from uniform_cli.diffusion.guidance import conditional_model_fn, guided_model_fn
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 
 class TextConditionedToy(nn.Module):
@@ -27,12 +27,12 @@ class TextConditionedToy(nn.Module):
         cond = pooled + t[:, None] / 1000 + task[:, None]
         video = x.video.repeat(1, 2, 1, 1, 1) + self.video(cond)[:, :, None, None, None]
         audio = x.audio.repeat(1, 2, 1, 1) * self.audio(cond)[:, :, None, None]
-        return Latents(video, audio)
+        return AV(video, audio)
 
 
 def _inputs():
     gen = torch.Generator().manual_seed(3)
-    x = Latents(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
+    x = AV(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
     text = torch.randn(2, 5, 8, generator=gen)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     return x, torch.tensor([100, 700]), torch.tensor([0, 2]), text, mask

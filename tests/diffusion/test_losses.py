@@ -6,7 +6,7 @@ import torch
 from uniform_cli.config import DiffusionConfig
 from uniform_cli.diffusion.losses import X0_LOSS_MIN_SIGMA, hybrid_loss, noised_input, vb_terms
 from uniform_cli.diffusion.schedule import make_schedule, q_sample, v_from_eps
-from uniform_cli.types import Latents, Task
+from uniform_cli.types import AV, Task
 
 BASE = make_schedule(DiffusionConfig())
 B = 4
@@ -14,9 +14,9 @@ B = 4
 
 def _batch(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    x0 = Latents(torch.randn(B, 4, 2, 4, 4, generator=gen), torch.randn(B, 8, 10, 4, generator=gen))
-    noise = Latents(torch.randn(B, 4, 2, 4, 4, generator=gen), torch.randn(B, 8, 10, 4, generator=gen))
-    output = Latents(torch.randn(B, 8, 2, 4, 4, generator=gen), torch.randn(B, 16, 10, 4, generator=gen))
+    x0 = AV(torch.randn(B, 4, 2, 4, 4, generator=gen), torch.randn(B, 8, 10, 4, generator=gen))
+    noise = AV(torch.randn(B, 4, 2, 4, 4, generator=gen), torch.randn(B, 8, 10, 4, generator=gen))
+    output = AV(torch.randn(B, 8, 2, 4, 4, generator=gen), torch.randn(B, 16, 10, 4, generator=gen))
     t = torch.tensor([0, 1, 500, 999])
     return x0, noise, output, t
 
@@ -28,13 +28,13 @@ def test_loss_ignores_predictions_at_given_positions(task):
     ref = hybrid_loss(BASE, x0, t, noise, output, tasks)
     assert torch.isfinite(ref.loss).all()
     given_video, given_audio = task == Task.V2A, task == Task.A2V
-    changed = Latents(
+    changed = AV(
         output.video + 5.0 if given_video else output.video,
         output.audio - 3.0 if given_audio else output.audio,
     )
     assert torch.equal(hybrid_loss(BASE, x0, t, noise, changed, tasks).loss, ref.loss)
     # ... while a change at the generated positions moves it.
-    moved = Latents(output.video if given_video else output.video + 0.5,
+    moved = AV(output.video if given_video else output.video + 0.5,
                     output.audio if given_audio else output.audio + 0.5)
     assert (hybrid_loss(BASE, x0, t, noise, moved, tasks).loss != ref.loss).all()
     # Components of a given modality are zero and flagged as not generated.
@@ -58,7 +58,7 @@ def test_noised_input_keeps_given_positions_clean():
 
 def test_loss_pools_generated_elements_and_mse_is_the_noise_error():
     x0, noise, output, t = _batch()
-    exact = Latents(torch.cat([noise.video + 0.1, output.video[:, 4:]], 1),
+    exact = AV(torch.cat([noise.video + 0.1, output.video[:, 4:]], 1),
                     torch.cat([noise.audio - 0.2, output.audio[:, 8:]], 1))
     terms = hybrid_loss(BASE, x0, t, noise, exact, torch.zeros(B, dtype=torch.long))
     torch.testing.assert_close(terms.mse.video, torch.full((B,), 0.01))
@@ -73,12 +73,12 @@ def test_v_prediction_loss_is_the_v_error_and_its_vb_matches_eps_prediction():
     v_schedule = make_schedule(DiffusionConfig(prediction="v"))
     tasks = torch.zeros(B, dtype=torch.long)
     v = x0.map(lambda x, n: v_from_eps(v_schedule, x, t, n), noise)
-    out_v = Latents(torch.cat([v.video + 0.1, output.video[:, 4:]], 1), torch.cat([v.audio, output.audio[:, 8:]], 1))
+    out_v = AV(torch.cat([v.video + 0.1, output.video[:, 4:]], 1), torch.cat([v.audio, output.audio[:, 8:]], 1))
     terms = hybrid_loss(v_schedule, x0, t, noise, out_v, tasks)
     torch.testing.assert_close(terms.mse.video, torch.full((B,), 0.01))
     torch.testing.assert_close(terms.mse.audio, torch.zeros(B), atol=1e-10, rtol=0)
     # The exact v is the exact eps: the variance term is the one an eps model with the true noise gets.
-    out_eps = Latents(torch.cat([noise.video, output.video[:, 4:]], 1),
+    out_eps = AV(torch.cat([noise.video, output.video[:, 4:]], 1),
                       torch.cat([noise.audio, output.audio[:, 8:]], 1))
     torch.testing.assert_close(terms.vb.audio, hybrid_loss(BASE, x0, t, noise, out_eps, tasks).vb.audio,
                                atol=1e-4, rtol=1e-4)
@@ -87,7 +87,7 @@ def test_v_prediction_loss_is_the_v_error_and_its_vb_matches_eps_prediction():
 def test_x0_prediction_loss_is_the_implied_v_error_with_a_floored_noise_level():
     x0, noise, output, t = _batch()  # t = 0, 1, 500, 999
     schedule = make_schedule(DiffusionConfig(prediction="x0"))
-    out = Latents(torch.cat([x0.video + 0.1, output.video[:, 4:]], 1), torch.cat([x0.audio, output.audio[:, 8:]], 1))
+    out = AV(torch.cat([x0.video + 0.1, output.video[:, 4:]], 1), torch.cat([x0.audio, output.audio[:, 8:]], 1))
     terms = hybrid_loss(schedule, x0, t, noise, out, torch.zeros(B, dtype=torch.long))
     sigma = (1 - schedule.alphas_cumprod[t]).sqrt().clamp(min=X0_LOSS_MIN_SIGMA).float()
     torch.testing.assert_close(terms.mse.video, 0.01 / sigma**2)
@@ -99,7 +99,7 @@ def test_vb_is_zero_for_the_true_mean_and_posterior_variance():
     x0, noise, output, _ = _batch()
     t = torch.tensor([1, 10, 500, 999])
     # eps = the true noise gives the true posterior mean; v = -1 gives the posterior variance: KL = 0.
-    out = Latents(torch.cat([noise.video, -torch.ones_like(noise.video)], 1),
+    out = AV(torch.cat([noise.video, -torch.ones_like(noise.video)], 1),
                   torch.cat([noise.audio, -torch.ones_like(noise.audio)], 1))
     terms = hybrid_loss(BASE, x0, t, noise, out, torch.zeros(B, dtype=torch.long))
     torch.testing.assert_close(terms.vb.video, torch.zeros(B), atol=1e-5, rtol=0)
@@ -127,8 +127,8 @@ def test_vb_trains_the_variance_only_and_scales_with_num_timesteps():
 
 def test_loss_without_variance_channels_is_the_mse():
     x0, noise, output, t = _batch()
-    eps_only = Latents(output.video[:, :4], output.audio[:, :8])
+    eps_only = AV(output.video[:, :4], output.audio[:, :8])
     terms = hybrid_loss(BASE, x0, t, noise, eps_only, torch.zeros(B, dtype=torch.long))
     assert (terms.vb.video == 0).all() and (terms.vb.audio == 0).all()
     with pytest.raises(ValueError, match="channels"):
-        hybrid_loss(BASE, x0, t, noise, Latents(output.video[:, :5], output.audio), torch.zeros(B, dtype=torch.long))
+        hybrid_loss(BASE, x0, t, noise, AV(output.video[:, :5], output.audio), torch.zeros(B, dtype=torch.long))

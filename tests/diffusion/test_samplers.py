@@ -15,11 +15,11 @@ from uniform_cli.diffusion.samplers import (
     sampling_schedule,
 )
 from uniform_cli.diffusion.schedule import Schedule, extract, make_schedule, spaced_timesteps
-from uniform_cli.types import Latents, Task
+from uniform_cli.types import AV, Task
 
 BASE = make_schedule(DiffusionConfig())
-MEAN = Latents(0.3, -0.5)
-STD = Latents(0.5, 0.8)
+MEAN = AV(0.3, -0.5)
+STD = AV(0.5, 0.8)
 
 
 def _exact_gaussian_model_fn(spaced: Schedule):
@@ -41,8 +41,8 @@ def _exact_gaussian_model_fn(spaced: Schedule):
         v = torch.where(i.reshape(-1, *[1] * (x.ndim - 1)) > 0, 2 * (var.log() - lo) / (hi - lo) - 1, 0.0)
         return torch.cat([eps, v.expand_as(eps)], dim=1)
 
-    def model_fn(x: Latents, t: torch.Tensor) -> Latents:
-        return Latents(one(x.video, t, MEAN.video, STD.video), one(x.audio, t, MEAN.audio, STD.audio))
+    def model_fn(x: AV, t: torch.Tensor) -> AV:
+        return AV(one(x.video, t, MEAN.video, STD.video), one(x.audio, t, MEAN.audio, STD.audio))
 
     return model_fn
 
@@ -62,7 +62,7 @@ CASES = [
 @pytest.mark.parametrize("name,steps,var_rtol", CASES)
 def test_exact_predictor_reproduces_gaussian_data(name, steps, var_rtol):
     gen = torch.Generator().manual_seed(1)
-    noise = Latents(torch.randn(2, 4, 8, 16, 16, generator=gen), torch.randn(2, 8, 40, 16, generator=gen))
+    noise = AV(torch.randn(2, 4, 8, 16, 16, generator=gen), torch.randn(2, 8, 40, 16, generator=gen))
     given = noise.map(torch.zeros_like)
     task = torch.full((2,), int(Task.T2AV))
     model_fn = _exact_gaussian_model_fn(sampling_schedule(BASE, steps))
@@ -80,7 +80,7 @@ def test_v_and_x0_prediction_sample_like_the_same_model_predicting_eps(name, pre
     other = make_schedule(DiffusionConfig(prediction=prediction))
     exact = _exact_gaussian_model_fn(sampling_schedule(BASE, steps))
 
-    def rewritten(x: Latents, t: torch.Tensor) -> Latents:
+    def rewritten(x: AV, t: torch.Tensor) -> AV:
         def one(x_m: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
             abar = extract(BASE.alphas_cumprod, t, x_m)
             eps, var = o.chunk(2, dim=1)
@@ -90,7 +90,7 @@ def test_v_and_x0_prediction_sample_like_the_same_model_predicting_eps(name, pre
 
         return x.map(one, exact(x, t))
 
-    noise = Latents(torch.randn(2, 4, 4, 8, 8), torch.randn(2, 8, 20, 8))
+    noise = AV(torch.randn(2, 4, 4, 8, 8), torch.randn(2, 8, 20, 8))
     given, task = noise.map(torch.zeros_like), torch.full((2,), int(Task.T2AV))
     outs = []
     for schedule, model_fn in ((BASE, exact), (other, rewritten)):
@@ -100,7 +100,7 @@ def test_v_and_x0_prediction_sample_like_the_same_model_predicting_eps(name, pre
     torch.testing.assert_close(outs[1].audio, outs[0].audio, atol=1e-4, rtol=1e-4)
 
 
-def _arbitrary_model_fn(x: Latents, t: torch.Tensor) -> Latents:
+def _arbitrary_model_fn(x: AV, t: torch.Tensor) -> AV:
     """Some smooth prediction that depends on x and t, with variance values in [-1, 1]."""
     def one(a: torch.Tensor) -> torch.Tensor:
         scale = (t.float() / 1000).reshape(-1, *[1] * (a.ndim - 1))
@@ -113,11 +113,11 @@ def _arbitrary_model_fn(x: Latents, t: torch.Tensor) -> Latents:
 @pytest.mark.parametrize("task", list(Task))
 def test_sampler_output_equals_given_input_at_given_positions(name, task):
     gen = torch.Generator().manual_seed(2)
-    noise = Latents(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
-    given = Latents(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
+    noise = AV(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
+    given = AV(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
     seen = []
 
-    def model_fn(x: Latents, t: torch.Tensor) -> Latents:
+    def model_fn(x: AV, t: torch.Tensor) -> AV:
         seen.append((x.video.clone(), x.audio.clone()))
         return _arbitrary_model_fn(x, t)
 
@@ -137,10 +137,10 @@ def test_sampler_output_equals_given_input_at_given_positions(name, task):
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_sampler_calls_the_model_at_the_respaced_original_steps(name):
-    noise = Latents(torch.randn(1, 4, 2, 4, 4), torch.randn(1, 8, 10, 4))
+    noise = AV(torch.randn(1, 4, 2, 4, 4), torch.randn(1, 8, 10, 4))
     steps_seen, progress = [], []
 
-    def model_fn(x: Latents, t: torch.Tensor) -> Latents:
+    def model_fn(x: AV, t: torch.Tensor) -> AV:
         steps_seen.append(int(t[0]))
         return _arbitrary_model_fn(x, t)
 
@@ -151,7 +151,7 @@ def test_sampler_calls_the_model_at_the_respaced_original_steps(name):
 
 
 def test_ddim_with_eta_is_stochastic_and_without_is_deterministic():
-    noise = Latents(torch.randn(1, 4, 2, 4, 4), torch.randn(1, 8, 10, 4))
+    noise = AV(torch.randn(1, 4, 2, 4, 4), torch.randn(1, 8, 10, 4))
     task = torch.zeros(1, dtype=torch.long)
     a = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, task, 8)
     b = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, task, 8)
@@ -178,7 +178,7 @@ def test_every_sampler_takes_the_same_arguments():
 
 @pytest.mark.parametrize("name", ["ddim", "dpm++"])
 def test_deterministic_samplers_ignore_the_generator(name):
-    noise = Latents(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
+    noise = AV(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
     task = torch.zeros(2, dtype=torch.long)
     plain = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, task, 6)
     seeded = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, task, 6,
@@ -187,7 +187,7 @@ def test_deterministic_samplers_ignore_the_generator(name):
 
 
 def test_mismatched_inputs_are_clear_errors():
-    noise = Latents(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
+    noise = AV(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
     with pytest.raises(ValueError, match="same shapes"):
         sample_ddim(_arbitrary_model_fn, BASE, noise, noise.map(lambda a: a[:1]), torch.zeros(2, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="task"):

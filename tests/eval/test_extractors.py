@@ -7,7 +7,8 @@ import torch
 from uniform_cli.eval.i3d import InceptionI3d, i3d_input, i3d_logits, load_i3d
 from uniform_cli.eval.panns import Cnn14, load_cnn14, panns_features
 from uniform_cli.eval.vggish import VGGish, load_vggish, vggish_embeddings, vggish_examples, vggish_mel_matrix
-from uniform_cli.eval.weights import WEIGHT_FILES, WeightsError, read_state_dict, weight_path
+from uniform_cli.eval.weights import WEIGHT_FILES, WeightsError, weight_path
+from uniform_cli.pretrained import read_state_dict
 
 
 def _published(tmp_path, name, state):
@@ -85,4 +86,4 @@ def test_a_file_with_the_wrong_layout_is_rejected(tmp_path):
         load_vggish(_published(tmp_path, "vggish", state))
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read"):
-        read_state_dict(tmp_path / "broken.pth")
+        read_state_dict(tmp_path / "broken.pth", WeightsError)

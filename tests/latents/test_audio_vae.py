@@ -76,8 +76,8 @@ def test_posterior_sample_is_seeded_and_differs_from_the_mean(codec, wave):
     assert not torch.allclose(first, codec.encode(wave, sample=False))
 
 
-def test_micro_batches_give_the_same_result(folder, codec, wave):
-    one_at_a_time = AudioLDMCodec.from_pretrained(folder, micro_batch=1)
+def test_chunked_calls_give_the_same_result(folder, codec, wave):
+    one_at_a_time = AudioLDMCodec.from_pretrained(folder, clips_per_call=1)
     latent = codec.encode(wave, sample=False)
     torch.testing.assert_close(one_at_a_time.encode(wave, sample=False), latent)
     torch.testing.assert_close(one_at_a_time.decode(latent), codec.decode(latent), atol=1e-6, rtol=1e-5)

@@ -51,9 +51,9 @@ def test_truncates_only_at_max_length(folder):
     assert mask.tolist() == [[True] * 4, [True] * 3 + [False]]
 
 
-def test_micro_batches_give_the_same_result(folder, encoder):
+def test_chunked_calls_give_the_same_result(folder, encoder):
     captions = ["a dog barks", "the car engine starts", "rain"]
-    one_at_a_time = TextEncoder.from_pretrained(folder, micro_batch=1)
+    one_at_a_time = TextEncoder.from_pretrained(folder, clips_per_call=1)
     emb, mask = encoder(captions)
     emb1, mask1 = one_at_a_time(captions)
     assert torch.equal(mask, mask1)

@@ -182,7 +182,7 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path, vae_folder: Path, vae
 
 
 def test_bf16_encode_decode(vae_folder: Path) -> None:
-    vae = OpenSoraVAE.from_pretrained(vae_folder, dtype=torch.bfloat16, micro_batch_frames=5)
+    vae = OpenSoraVAE.from_pretrained(vae_folder, dtype=torch.bfloat16, frames_per_call=5)
     assert next(vae.parameters()).dtype == torch.bfloat16
     latents = vae.encode(random_frames(17, 16))
     assert latents.shape == (1, 4, 5, 2, 2) and latents.dtype == torch.bfloat16

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from tests.model.util import debug_config, inputs, random_model
 from uniform_cli.model.checkpoint import (
     CheckpointError,
     load_opensora_weights,
@@ -14,8 +15,6 @@ from uniform_cli.model.checkpoint import (
 )
 from uniform_cli.model.layers import timestep_embedding
 from uniform_cli.types import Task
-
-from tests.model.util import debug_config, inputs, random_model
 
 C, HEADS, DEPTH, TEXT_DIM = 64, 4, 2, 32  # the debug preset's sizes
 

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from uniform_cli.config import PRESETS
 from uniform_cli.model.packing import (
     AUDIO,
     TASK,
@@ -14,7 +15,6 @@ from uniform_cli.model.packing import (
     token_kinds,
     unpack_audible_frames,
 )
-from uniform_cli.config import PRESETS
 from uniform_cli.types import Task
 
 

@@ -3,12 +3,11 @@ import math
 import pytest
 import torch
 
-from uniform_cli.model.layers import apply_rope, rope_cos_sin
-from uniform_cli.config import PRESETS
-from uniform_cli.model.uniform import build_model, flops_per_sample, num_parameters, num_tokens
-from uniform_cli.types import Latents, Task
-
 from tests.model.util import debug_config, inputs, random_model
+from uniform_cli.config import PRESETS
+from uniform_cli.model.layers import apply_rope, rope_cos_sin
+from uniform_cli.model.uniform import build_model, flops_per_sample, num_parameters, num_tokens
+from uniform_cli.types import AV, Task
 
 TASKS = torch.tensor([Task.T2AV, Task.A2V])
 
@@ -86,7 +85,7 @@ def test_given_modality_steers_generated_positions(task, given, generated):
     cfg = debug_config()
     model = random_model(cfg)
     x, t, text, mask = inputs(cfg)
-    changed = Latents(**{**vars(x), given: getattr(x, given) + 1.0})
+    changed = AV(**{**vars(x), given: getattr(x, given) + 1.0})
     tasks = torch.full((2,), int(task))
     out, out_changed = model(x, t, tasks, text, mask), model(changed, t, tasks, text, mask)
     assert not torch.allclose(getattr(out, generated), getattr(out_changed, generated), atol=1e-4)

@@ -6,10 +6,9 @@ import dataclasses
 
 import torch
 
-from uniform_cli.config import ModelConfig
-from uniform_cli.config import PRESETS
+from uniform_cli.config import PRESETS, ModelConfig
 from uniform_cli.model.uniform import UniForm, build_model
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 
 def debug_config(**changes) -> ModelConfig:
@@ -30,7 +29,7 @@ def random_model(cfg: ModelConfig | None = None, seed: int = 0) -> UniForm:
 
 def inputs(cfg: ModelConfig, batch: int = 2, text_len: int = 6, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
-    x = Latents(torch.randn(batch, *cfg.video_latent, generator=g), torch.randn(batch, *cfg.audio_latent, generator=g))
+    x = AV(torch.randn(batch, *cfg.video_latent, generator=g), torch.randn(batch, *cfg.audio_latent, generator=g))
     t = torch.randint(0, 1000, (batch,), generator=g)
     text = torch.randn(batch, text_len, cfg.text_dim, generator=g)
     mask = torch.ones(batch, text_len, dtype=torch.bool)

@@ -29,8 +29,8 @@ def main(
     device: str = typer.Option("auto", "--device", help="torch device (auto: cuda when available)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)."),
     workers: int = typer.Option(4, "--workers", help="Threads decoding clips ahead of the codecs."),
-    video_micro_batch: Optional[int] = typer.Option(
-        None, "--video-micro-batch", help="Frames per spatial VAE call (default: the checkpoint's, 4)."
+    video_frames_per_call: Optional[int] = typer.Option(
+        None, "--video-frames-per-call", help="Frames per spatial VAE call (default: the checkpoint's, 4)."
     ),
     part: Optional[str] = typer.Option(
         None, "--part", help="I/N: encode only this part of the work (or RANK/WORLD_SIZE)."
@@ -71,7 +71,7 @@ def main(
             device=device,
             dtype=dtype,
             workers=workers,
-            video_micro_batch=video_micro_batch,
+            video_frames_per_call=video_frames_per_call,
             allow_missing_captions=allow_missing_captions,
             limit=limit,
             part=parse_part(part),

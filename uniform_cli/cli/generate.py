@@ -24,7 +24,7 @@ def main(
         None, "--sampler", help=f"{', '.join(SAMPLER_NAMES)} (default: the checkpoint's)."
     ),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the checkpoint's)."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale of both video and audio."),
+    guidance: Optional[float] = typer.Option(None, "--cfg", help="Guidance scale of both video and audio."),
     cfg_video: Optional[float] = typer.Option(None, "--cfg-video", help="Guidance scale of the video."),
     cfg_audio: Optional[float] = typer.Option(None, "--cfg-audio", help="Guidance scale of the audio."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips per batch (tasks may be mixed)."),
@@ -71,7 +71,7 @@ def main(
     from uniform_cli.types import Task
 
     console = Console(stderr=True, soft_wrap=True)
-    if cfg is not None and (cfg_video is not None or cfg_audio is not None):
+    if guidance is not None and (cfg_video is not None or cfg_audio is not None):
         fail("use either --cfg or --cfg-video/--cfg-audio, not both", USAGE)
     if dtype is not None and dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}", USAGE)
@@ -94,8 +94,8 @@ def main(
     options = RunOptions(
         sampler=sampler,
         steps=steps,
-        cfg_video=cfg if cfg is not None else cfg_video,
-        cfg_audio=cfg if cfg is not None else cfg_audio,
+        cfg_video=guidance if guidance is not None else cfg_video,
+        cfg_audio=guidance if guidance is not None else cfg_audio,
         batch_size=batch_size or recipe.generate.batch_size,
     )
     chosen = select(items, part, out, skip_existing, options, recipe.generate)

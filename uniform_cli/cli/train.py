@@ -11,8 +11,8 @@ from uniform_cli.cli import USAGE, fail
 
 
 def main(
-    recipe: Path = typer.Argument(..., help="Recipe TOML, e.g. recipes/multitask.toml."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: --set model.depth=2 (repeatable)."),
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe TOML, e.g. recipes/multitask.toml."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a recipe value: --set model.depth=2 (repeatable)."),
     resume: Optional[str] = typer.Option(None, help="Continue from 'latest' or a checkpoint folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, print what would train, and exit."),
     local_rank: int = typer.Option(0, "--local_rank", hidden=True, help="Set by the deepspeed launcher."),
@@ -31,7 +31,7 @@ def main(
 
     console = Console(soft_wrap=True)
     try:
-        cfg = load_recipe(recipe, set_)
+        recipe = load_recipe(recipe_path, set_)
     except ConfigError as e:
         fail(e, USAGE)
     if dry_run:
@@ -40,13 +40,13 @@ def main(
         from uniform_cli.model.uniform import build_model, flops_per_sample, num_parameters, num_tokens
 
         with torch.device("meta"):
-            params = num_parameters(build_model(cfg.model))
-        console.print(recipe_to_toml(cfg), markup=False, highlight=False)
+            params = num_parameters(build_model(recipe.model))
+        console.print(recipe_to_toml(recipe), markup=False, highlight=False)
         console.print(
             f"parameters: {params:,} ({params / 1e9:.3f} B)\n"
-            f"tokens per sample: {num_tokens(cfg.model):,}\n"
-            f"forward TFLOPs per sample: {flops_per_sample(cfg.model) / 1e12:.2f}\n"
-            f"global batch: {cfg.train.batch_size} (micro-batch {cfg.train.micro_batch} per GPU)"
+            f"tokens per sample: {num_tokens(recipe.model):,}\n"
+            f"forward TFLOPs per sample: {flops_per_sample(recipe.model) / 1e12:.2f}\n"
+            f"global batch: {recipe.train.batch_size} (micro-batch {recipe.train.micro_batch} per GPU)"
         )
         return
 
@@ -57,7 +57,7 @@ def main(
     from uniform_cli.train.loop import Stopped, TrainingError, train
 
     try:
-        train(cfg, resume=resume)
+        train(recipe, resume=resume)
     except Stopped as e:
         console.print(str(e), markup=False)
         raise typer.Exit(128 + e.signal) from None

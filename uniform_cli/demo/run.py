@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from uniform_cli.atomic import write_text_atomic
+from uniform_cli.config import Recipe
 
 MARKER = ".uniform-demo"
 """A file in OUT saying the demo made it, so a rerun may clear what it made before."""
@@ -165,13 +166,13 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
     overrides = ['data.shards=["data/shards"]', 'train.output_dir="runs"', f"train.seed={settings.seed}"]
     if settings.steps is not None:
         overrides += [f"train.steps={settings.steps}", f"train.checkpoint_every={settings.steps}"]
-    cfg = load_recipe(recipe_path, overrides)
-    if cfg.codec.text_encoder != "hash" or cfg.codec.video != "pixel" or cfg.codec.audio != "mel":
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.codec.text_encoder != "hash" or recipe.codec.video != "pixel" or recipe.codec.audio != "mel":
         console.print("[yellow]note:[/yellow] this recipe does not use the weight-free demo codecs; they need weights")
     prepare_out(out)
-    write_text_atomic(out / "recipe.toml", f"# resolved from {recipe_path} by `uniform demo`\n" + recipe_to_toml(cfg))
+    write_text_atomic(out / "recipe.toml", f"# resolved from {recipe_path} by `uniform demo`\n" + recipe_to_toml(recipe))
     stages = Stages(out, console)
-    data = cfg.data
+    data = recipe.data
 
     with stages.timed("world"):
         spec = WorldSpec()
@@ -191,7 +192,7 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
                        "--workers", settings.workers)
     with stages.timed("train"):
         stages.uniform("train", "recipe.toml")
-    checkpoint = Path("runs") / cfg.train.name / "checkpoints" / "latest"
+    checkpoint = Path("runs") / recipe.train.name / "checkpoints" / "latest"
 
     test = [c for c in clips if c.split == "test"]
     with stages.timed("generate"):
@@ -213,7 +214,7 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
             write_metrics(folder / "metrics.json", result)
             console.print(f"{folder / 'metrics.json'}: AV-Align {result.values['av_align']:.3f}")
     with stages.timed("report"):
-        report = measure(out, clips, cfg, console, settings.t2av_samples)
+        report = measure(out, clips, recipe, console, settings.t2av_samples)
     stages.seconds["total"] = time.perf_counter() - start
     report.seconds = stages.seconds
     write_text_atomic(out / "summary.json", json.dumps(asdict(report), indent=2) + "\n")
@@ -257,7 +258,7 @@ def _load(folder: Path, key: str) -> tuple[np.ndarray, float, np.ndarray, int]:
     return frames, fps, wave, rate
 
 
-def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> DemoReport:
+def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int = 1) -> DemoReport:
     """AV-Align rows, nearest-kind accuracies and the contact sheet, from the files the stages wrote."""
     import torch
 
@@ -281,7 +282,7 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
     clip_dir = out / "data" / "clips"
     train = [c for c in clips if c.split == "train"]
     test = [c for c in clips if c.split == "test"]
-    fps = float(cfg.data.fps)
+    fps = float(recipe.data.fps)
 
     train_media = [_load(clip_dir, c.key) for c in train]
     video_kind = NearestKind.fit(np.stack([video_features(m[0]) for m in train_media]), [c.kind for c in train])
@@ -294,7 +295,7 @@ def measure(out: Path, clips: list, cfg, console, t2av_samples: int = 1) -> Demo
     reference = {c.key: _load(clip_dir, c.key) for c in test}
     generated = {task: {name: _load(out / "generated" / task, name) for name in names[task]} for task in TASKS}
     # The reference through the weight-free codecs: what a perfect model could give back at best.
-    video_codec, audio_codec = build_video_codec(cfg.codec), build_audio_codec(cfg.codec)
+    video_codec, audio_codec = build_video_codec(recipe.codec), build_audio_codec(recipe.codec)
     roundtrip = {}
     for c in test:
         frames, clip_fps, wave, rate = reference[c.key]

@@ -7,14 +7,14 @@ from torch import nn
 
 from uniform_cli.diffusion.samplers import ModelFn
 from uniform_cli.diffusion.schedule import split_output
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 
 def conditional_model_fn(model: nn.Module, task: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                          drop_text: torch.Tensor | None = None) -> ModelFn:
     """`model_fn(x, t)` calling the model once with the given conditioning (no guidance)."""
 
-    def model_fn(x: Latents, t: torch.Tensor) -> Latents:
+    def model_fn(x: AV, t: torch.Tensor) -> AV:
         return model(x, t, task, text, text_mask, drop_text)
 
     return model_fn
@@ -41,10 +41,10 @@ def guided_model_fn(model: nn.Module, task: torch.Tensor, text: torch.Tensor, te
     drop = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)]).to(task.device)
     task2, text2, mask2 = torch.cat([task, task]), torch.cat([text, text]), torch.cat([text_mask, text_mask])
 
-    def model_fn(x: Latents, t: torch.Tensor) -> Latents:
+    def model_fn(x: AV, t: torch.Tensor) -> AV:
         x2 = x.map(lambda a: torch.cat([a, a]))
         out = model(x2, torch.cat([t, t]), task2, text2, mask2, drop)
-        return Latents(
+        return AV(
             video=_guide(out.video, x.video.shape[1], cfg_video),
             audio=_guide(out.audio, x.audio.shape[1], audio_scale),
         )

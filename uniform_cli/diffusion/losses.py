@@ -30,13 +30,13 @@ from uniform_cli.diffusion.schedule import (
     x0_from_eps,
 )
 from uniform_cli.diffusion.tasks import broadcast_mask, generated_masks, keep_given
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 X0_LOSS_MIN_SIGMA = 0.05
 """Floor of sqrt(1 - abar) in the x0-prediction loss (reached below step ~25 of the 1,000-step schedule)."""
 
 
-def noised_input(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents, task: torch.Tensor) -> Latents:
+def noised_input(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, task: torch.Tensor) -> AV:
     """The model's training input: x_t at generated positions, the clean x0 at given ones."""
     x_t = x0.map(lambda x, n: q_sample(schedule, x, t, n), noise)
     return keep_given(x_t, x0, generated_masks(task))
@@ -69,12 +69,12 @@ class LossTerms:
     """
 
     loss: torch.Tensor
-    mse: Latents
-    vb: Latents
-    generated: Latents
+    mse: AV
+    vb: AV
+    generated: AV
 
 
-def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents, output: Latents,
+def hybrid_loss(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, output: AV,
                 task: torch.Tensor) -> LossTerms:
     """IDDPM hybrid loss of a model `output` (the prediction, optionally followed by the learned-range variance
     values, per modality) computed on `noised_input(schedule, x0, t, noise, task)`; given positions contribute
@@ -113,4 +113,4 @@ def hybrid_loss(schedule: Schedule, x0: Latents, t: torch.Tensor, noise: Latents
     mse_v, vb_v, n_v = terms(x0.video, x_t.video, noise.video, output.video, generated.video)
     mse_a, vb_a, n_a = terms(x0.audio, x_t.audio, noise.audio, output.audio, generated.audio)
     loss = ((mse_v + vb_v) * n_v + (mse_a + vb_a) * n_a) / (n_v + n_a)
-    return LossTerms(loss=loss, mse=Latents(mse_v, mse_a), vb=Latents(vb_v, vb_a), generated=generated)
+    return LossTerms(loss=loss, mse=AV(mse_v, mse_a), vb=AV(vb_v, vb_a), generated=generated)

@@ -1,6 +1,6 @@
 """Samplers over a respaced schedule: ancestral DDPM (learned variance), DDIM and DPM-Solver++(2M).
 
-Each is one short loop. `model_fn(x, t_original) -> Latents` returns the model's prediction (eps, v or x0, as
+Each is one short loop. `model_fn(x, t_original) -> AV` returns the model's prediction (eps, v or x0, as
 the schedule's `prediction` says; the loops turn it into eps), optionally followed by the learned-range variance
 values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (per the task) are
 reset to their clean values before every model call and in the result, so only generated positions are sampled.
@@ -28,9 +28,9 @@ from uniform_cli.diffusion.schedule import (
     x0_from_eps,
 )
 from uniform_cli.diffusion.tasks import generated_masks, keep_given
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
-ModelFn = Callable[[Latents, torch.Tensor], Latents]
+ModelFn = Callable[[AV, torch.Tensor], AV]
 Progress = Callable[[int, int], None]
 
 
@@ -55,11 +55,11 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class SamplerFn(Protocol):
     """What every sampler is: `steps` respaced steps from `noise` to clean latents, given positions kept."""
 
-    def __call__(self, model_fn: ModelFn, schedule: Schedule, noise: Latents, given: Latents, task: torch.Tensor,
-                 steps: int, *, generator: Generators = None, progress: Progress | None = None) -> Latents: ...
+    def __call__(self, model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
+                 steps: int, *, generator: Generators = None, progress: Progress | None = None) -> AV: ...
 
 
-def _randn_like(x: Latents, generator: Generators) -> Latents:
+def _randn_like(x: AV, generator: Generators) -> AV:
     if generator is None or isinstance(generator, torch.Generator):
         return x.map(lambda a: torch.randn(a.shape, generator=generator, device=a.device, dtype=a.dtype))
     if len(generator) != x.batch_size:
@@ -68,13 +68,13 @@ def _randn_like(x: Latents, generator: Generators) -> Latents:
                                       for g in generator]))
 
 
-def _eps(model_fn: ModelFn, spaced: Schedule, x: Latents, i: torch.Tensor, t: torch.Tensor) -> Latents:
+def _eps(model_fn: ModelFn, spaced: Schedule, x: AV, i: torch.Tensor, t: torch.Tensor) -> AV:
     """The model's output at x (respaced index i, original step t) in x's dtype, with eps as its prediction
     channels."""
     return x.map(lambda x_m, o: output_as_eps(spaced, o.to(x_m.dtype), x_m, i), model_fn(x, t))
 
 
-def _check(noise: Latents, given: Latents, task: torch.Tensor) -> Latents:
+def _check(noise: AV, given: AV, task: torch.Tensor) -> AV:
     if noise.video.shape != given.video.shape or noise.audio.shape != given.audio.shape:
         raise ValueError(
             f"noise {tuple(noise.video.shape)}/{tuple(noise.audio.shape)} and given "
@@ -86,9 +86,9 @@ def _check(noise: Latents, given: Latents, task: torch.Tensor) -> Latents:
 
 
 @torch.no_grad()
-def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: Latents, task: torch.Tensor,
+def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
                 steps: int, *, generator: Generators = None,
-                progress: Progress | None = None) -> Latents:
+                progress: Progress | None = None) -> AV:
     """Ancestral sampling on the respaced schedule with the model's learned variance (posterior variance when
     the model predicts eps only); no noise is added at the last step."""
     generated = _check(noise, given, task)
@@ -109,9 +109,9 @@ def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
 
 
 @torch.no_grad()
-def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: Latents, task: torch.Tensor,
+def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
                 steps: int, *, generator: Generators = None, progress: Progress | None = None,
-                eta: float = 0.0) -> Latents:
+                eta: float = 0.0) -> AV:
     """DDIM on the respaced schedule: deterministic for eta = 0 (the generator is then unused), ancestral-like
     for eta = 1."""
     generated = _check(noise, given, task)
@@ -138,8 +138,8 @@ def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: La
 
 
 @torch.no_grad()
-def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: Latents, given: Latents, task: torch.Tensor,
-                      steps: int, *, generator: Generators = None, progress: Progress | None = None) -> Latents:
+def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
+                      steps: int, *, generator: Generators = None, progress: Progress | None = None) -> AV:
     """DPM-Solver++(2M): multistep, data prediction, on the respaced discrete schedule.
 
     It draws no noise after the starting noise, so `generator` is unused; it is accepted so that every sampler
@@ -157,7 +157,7 @@ def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: Latents, giv
     plan = _steps(spaced, noise.batch_size, noise.video.device)
     abar = spaced.alphas_cumprod
     lam = 0.5 * (abar.log() - (1 - abar).log())  # float64 [N]
-    x0_prev: Latents | None = None
+    x0_prev: AV | None = None
 
     for n, (i, t) in enumerate(plan):
         out = _eps(model_fn, spaced, x, i, t)

@@ -3,7 +3,7 @@ reverse step, as small functions over tensors.
 
 Schedule arrays are float64 `[N]` on the CPU; `extract` gathers them at a batch of step indices and broadcasts
 them to a latent (`B C F H W` video or `B C T M` audio). Every tensor function here works on one modality;
-`uniform_cli.types.Latents.map` applies it to both.
+`uniform_cli.types.AV.map` applies it to both.
 """
 
 from __future__ import annotations

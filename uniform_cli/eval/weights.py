@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from uniform_cli.pretrained import PretrainedError
+from uniform_cli.pretrained import PretrainedError, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -65,32 +65,13 @@ def weight_path(weights_dir: str | Path | None, name: str) -> Path:
     return path
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file, or of a torch file loaded with weights_only (unwrapping {'model': ...})."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated download or a pickle that needs more than tensors
-        raise WeightsError(f"cannot read {path} as a tensor checkpoint: {e}") from None
-    # PANNs checkpoints keep the weights under "model" next to training bookkeeping.
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return state
-
-
 def load_into(build: Callable[[], nn.Module], path: str | Path) -> nn.Module:
     """Build a model without initialising it and load a published state dict into it strictly.
 
     The model is built on the meta device and takes the file's tensors as they are (no random init of
     tens of millions of parameters first). Old files may lack BatchNorm's num_batches_tracked; it starts at 0.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, WeightsError)
     with torch.device("meta"):
         model = build()
     result = model.load_state_dict(state, strict=False, assign=True)

@@ -24,7 +24,7 @@ import torch
 from uniform_cli.config import ClipSpec, CodecConfig, ConfigError, GenerateConfig, Recipe, recipe_from_dict
 from uniform_cli.latents.codecs import AudioCodec, VideoCodec, build_audio_codec, build_video_codec
 from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
-from uniform_cli.types import Latents, Task
+from uniform_cli.types import AV, Task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -244,16 +244,16 @@ class UniFormPipeline:
             raise PipelineError(f"got {len(seeds)} seeds for {b} rows")
         return [torch.Generator(self.device).manual_seed(s) for s in seeds], seeds
 
-    def _noise(self, generators: list[torch.Generator]) -> Latents:
+    def _noise(self, generators: list[torch.Generator]) -> AV:
         """Each row's starting noise from its own generator (video first, then audio), so it does not depend on
         the other rows of the batch."""
         cfg = self.model.cfg
         rows = [
-            Latents(torch.randn((1, *cfg.video_latent), generator=g, device=self.device),
+            AV(torch.randn((1, *cfg.video_latent), generator=g, device=self.device),
                     torch.randn((1, *cfg.audio_latent), generator=g, device=self.device))
             for g in generators
         ]
-        return Latents(torch.cat([r.video for r in rows]), torch.cat([r.audio for r in rows]))
+        return AV(torch.cat([r.video for r in rows]), torch.cat([r.audio for r in rows]))
 
     # Given media are held fixed: encode them deterministically (the posterior mean), so that a rerun
     # encodes them the same way.
@@ -323,7 +323,7 @@ class UniFormPipeline:
         timings["text"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        given = Latents(torch.zeros(b, *cfg.video_latent, device=self.device),
+        given = AV(torch.zeros(b, *cfg.video_latent, device=self.device),
                         torch.zeros(b, *cfg.audio_latent, device=self.device))
         v2a = [i for i, t in enumerate(tasks) if t == Task.V2A]
         a2v = [i for i, t in enumerate(tasks) if t == Task.A2V]

@@ -25,12 +25,13 @@ def results_path(out_dir: Path, part: Part) -> Path:
 
 def read_results(out_dir: Path) -> dict[str, dict]:
     """One results line per output name over every results file of `out_dir` (the newest line of a name wins:
-    a rerun or another process replaced it); partial or broken lines are ignored."""
+    a rerun or another process replaced it); a line cut off by a kill, and lines that are no record, are
+    ignored."""
     best: dict[str, dict] = {}
     for path in sorted(Path(out_dir).glob("results*.jsonl")):
         if path.is_symlink():  # planted: never read (and the next append refuses it)
             continue
-        for text in path.read_text(encoding="utf-8").splitlines():
+        for text in read_complete(path).splitlines():
             try:
                 record = json.loads(text)
                 name, when = record["id"], float(record.get("time", 0))

@@ -27,13 +27,13 @@ WHAT = "AudioLDM checkpoint"
 class AudioLDMCodec:
     """AudioLDM VAE + HiFi-GAN vocoder as an `AudioCodec` (float `B S` <-> latent `B C T M`).
 
-    `micro_batch` clips go through the networks at a time, so that a large batch fits in memory.
+    `clips_per_call` clips go through the networks at a time, so that a large batch fits in memory.
     """
 
-    def __init__(self, vae: torch.nn.Module, vocoder: torch.nn.Module, micro_batch: int = 16) -> None:
+    def __init__(self, vae: torch.nn.Module, vocoder: torch.nn.Module, clips_per_call: int = 16) -> None:
         self.vae = vae.eval().requires_grad_(False)
         self.vocoder = vocoder.eval().requires_grad_(False)
-        self.micro_batch = micro_batch
+        self.clips_per_call = clips_per_call
         self.scaling_factor = float(vae.config.scaling_factor)
         self.sample_rate = int(vocoder.config.sampling_rate)
         self.n_mels = int(vocoder.config.model_in_dim)
@@ -64,7 +64,7 @@ class AudioLDMCodec:
         id_or_path: str | Path = DEFAULT_CHECKPOINT,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        micro_batch: int = 16,
+        clips_per_call: int = 16,
     ) -> "AudioLDMCodec":
         """Load `vae/` and `vocoder/` from a local folder or a hub id already in the local HF cache (never
         downloads).
@@ -86,7 +86,7 @@ class AudioLDMCodec:
                 f"safetensors) and vocoder/ (config.json + model.safetensors), as "
                 f"`{download_command(DEFAULT_CHECKPOINT, FILES)}` downloads them"
             ) from err
-        return cls(vae.to(device), vocoder.to(device), micro_batch=micro_batch)
+        return cls(vae.to(device), vocoder.to(device), clips_per_call=clips_per_call)
 
     @property
     def device(self) -> torch.device:
@@ -104,7 +104,7 @@ class AudioLDMCodec:
         return (self.latent_channels, num_samples // hop, self.n_mels // self.downsample)
 
     def _chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(x.split(self.micro_batch)) if x.shape[0] else []
+        return list(x.split(self.clips_per_call)) if x.shape[0] else []
 
     # -- waveform <-> mel ------------------------------------------------------------------------------------------
 

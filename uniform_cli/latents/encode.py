@@ -73,7 +73,7 @@ class EncodeOptions:
     """Codec weights: bf16 | fp16 | fp32; "auto" = bf16 on GPU, fp32 on CPU."""
     workers: int = 4
     """Threads that decode clips ahead of the codecs."""
-    video_micro_batch: int | None = None
+    video_frames_per_call: int | None = None
     """Frames per spatial VAE call (None: the checkpoint's; more is faster on a GPU while memory lasts)."""
     allow_missing_captions: bool = False
     """Encode clips without a caption with empty text instead of recording a failure."""
@@ -282,8 +282,8 @@ def _encode(items, root: Path, folder: Path, part: Part, codec: CodecConfig, dat
         if jobs:
             device, dtype = resolve_device(options.device, options.dtype)
             video = build_video_codec(codec, device, dtype)
-            if options.video_micro_batch is not None:
-                video.micro_batch_frames = options.video_micro_batch
+            if options.video_frames_per_call is not None:
+                video.frames_per_call = options.video_frames_per_call
             audio = build_audio_codec(codec, device, dtype)
             text = None
             if options.text_embeddings and codec.text_encoder != "none":

@@ -44,7 +44,7 @@ from torch.utils.data import IterableDataset
 
 from uniform_cli.latents.shard_info import ShardDataError, ShardInfo, shard_info
 from uniform_cli.latents.shards import npy_array
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 # ------------------------------------------------------------------------------------------------ batches
 
@@ -53,7 +53,7 @@ from uniform_cli.types import Latents
 class LatentBatch:
     """A training batch."""
 
-    latents: Latents
+    latents: AV
     """video `B C F H W`, audio `B C T M`, float32."""
     captions: list[str]
     keys: list[str]
@@ -89,7 +89,7 @@ def collate(samples: list[dict[str, Any]]) -> LatentBatch:
             text[i, :n] = s["text"]
             mask[i, :n] = True
     return LatentBatch(
-        latents=Latents(video=video, audio=audio),
+        latents=AV(video=video, audio=audio),
         captions=[s["caption"] for s in samples],
         keys=[s["key"] for s in samples],
         text=text,

@@ -33,13 +33,13 @@ class TextEncoder:
     zeroed, and the valid positions do not depend on the padding (the encoder's attention mask hides it).
     """
 
-    def __init__(self, tokenizer, model: torch.nn.Module, max_length: int = 300, micro_batch: int = 32) -> None:
+    def __init__(self, tokenizer, model: torch.nn.Module, max_length: int = 300, clips_per_call: int = 32) -> None:
         if max_length < 1:
             raise ValueError(f"max_length must be positive, got {max_length}")
         self.tokenizer = tokenizer
         self.model = model.eval().requires_grad_(False)
         self.max_length = max_length
-        self.micro_batch = micro_batch
+        self.clips_per_call = clips_per_call
 
     @classmethod
     def from_pretrained(
@@ -48,7 +48,7 @@ class TextEncoder:
         max_length: int = 300,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        micro_batch: int = 32,
+        clips_per_call: int = 32,
     ) -> "TextEncoder":
         """Load the tokenizer and the encoder; T5-family models load only their encoder (`T5EncoderModel`).
         The name "hash" (or "hash:DIM") gives the weight-free `HashTextEncoder` instead.
@@ -91,7 +91,7 @@ class TextEncoder:
                 f"the tokenizer of {source!r} maps common words to {tokenizer.unk_token!r}: its tokenizer files "
                 f"(tokenizer.json, spiece.model, ...) are missing or wrong; {hint}"
             )
-        return cls(tokenizer, model.to(device), max_length=max_length, micro_batch=micro_batch)
+        return cls(tokenizer, model.to(device), max_length=max_length, clips_per_call=clips_per_call)
 
     @property
     def dim(self) -> int:
@@ -116,7 +116,7 @@ class TextEncoder:
         ids = tokens["input_ids"].to(self.device)  # B L
         mask = tokens["attention_mask"].to(self.device).bool()  # B L
         outs = []
-        for ids_chunk, mask_chunk in zip(ids.split(self.micro_batch), mask.split(self.micro_batch)):
+        for ids_chunk, mask_chunk in zip(ids.split(self.clips_per_call), mask.split(self.clips_per_call)):
             hidden = self.model(input_ids=ids_chunk, attention_mask=mask_chunk).last_hidden_state  # B L D
             outs.append(hidden.float() * mask_chunk[..., None])
         return torch.cat(outs), mask

@@ -90,19 +90,19 @@ def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
 class SpatialVAE(nn.Module):
     """Upstream `VideoAutoencoderKL`: the SDXL VAE applied to every frame, in micro-batches of frames."""
 
-    def __init__(self, config: dict[str, Any], micro_batch_frames: int = 4) -> None:
+    def __init__(self, config: dict[str, Any], frames_per_call: int = 4) -> None:
         super().__init__()
         from diffusers import AutoencoderKL
 
         self.module = AutoencoderKL(**config)
-        self.micro_batch_frames = micro_batch_frames
+        self.frames_per_call = frames_per_call
 
     def encode(self, x: torch.Tensor, sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
         """`B 3 F H W` in [-1, 1] -> `B 4 F H/8 W/8` (scaled by 0.18215)."""
         b = x.shape[0]
         flat = x.transpose(1, 2).flatten(0, 1)  # (B F) 3 H W
         out = []
-        for part in flat.split(self.micro_batch_frames):
+        for part in flat.split(self.frames_per_call):
             dist = self.module.encode(part).latent_dist
             out.append(dist.sample(generator) if sample else dist.mode())
         z = torch.cat(out) * SPATIAL_SCALE
@@ -112,7 +112,7 @@ class SpatialVAE(nn.Module):
         """`B 4 F h w` (scaled) -> `B 3 F 8h 8w` in about [-1, 1]."""
         b = z.shape[0]
         flat = z.transpose(1, 2).flatten(0, 1) / SPATIAL_SCALE
-        x = torch.cat([self.module.decode(part).sample for part in flat.split(self.micro_batch_frames)])
+        x = torch.cat([self.module.decode(part).sample for part in flat.split(self.frames_per_call)])
         return x.unflatten(0, (b, -1)).transpose(1, 2)
 
 
@@ -129,14 +129,14 @@ class OpenSoraVAE(nn.Module):
         micro_frame_size: int | None = MICRO_FRAME_SIZE,
         shift: tuple[float, ...] = SHIFT,
         scale: tuple[float, ...] = SCALE,
-        micro_batch_frames: int = 4,
+        frames_per_call: int = 4,
     ) -> None:
         super().__init__()
         self.spatial_config = dict(spatial_config or SDXL_VAE_CONFIG)
         self.temporal_config = temporal_config or TemporalVAEConfig()
         if self.spatial_config["latent_channels"] != self.temporal_config.in_out_channels:
             raise ValueError("the temporal VAE's in_out_channels must equal the spatial latent_channels")
-        self.spatial_vae = SpatialVAE(self.spatial_config, micro_batch_frames)
+        self.spatial_vae = SpatialVAE(self.spatial_config, frames_per_call)
         self.temporal_vae = TemporalVAE(self.temporal_config)
         self.micro_frame_size = micro_frame_size
         self.name_or_path: str | None = None
@@ -148,15 +148,15 @@ class OpenSoraVAE(nn.Module):
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1, 1))
 
     @property
-    def micro_batch_frames(self) -> int:
+    def frames_per_call(self) -> int:
         """Frames per spatial VAE call (bigger is faster on a GPU until memory runs out)."""
-        return self.spatial_vae.micro_batch_frames
+        return self.spatial_vae.frames_per_call
 
-    @micro_batch_frames.setter
-    def micro_batch_frames(self, value: int) -> None:
+    @frames_per_call.setter
+    def frames_per_call(self, value: int) -> None:
         if value < 1:
-            raise ValueError(f"micro_batch_frames must be >= 1, got {value}")
-        self.spatial_vae.micro_batch_frames = value
+            raise ValueError(f"frames_per_call must be >= 1, got {value}")
+        self.spatial_vae.frames_per_call = value
 
     @property
     def time_factor(self) -> int:
@@ -254,7 +254,7 @@ class OpenSoraVAE(nn.Module):
                 "type": "VideoAutoencoderKL",
                 "from_pretrained": "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers",
                 "subfolder": "vae",
-                "micro_batch_size": self.micro_batch_frames,
+                "micro_batch_size": self.frames_per_call,
                 "local_files_only": False,
             },
             "vae_temporal": {"type": "VAE_Temporal_SD", "from_pretrained": None},
@@ -286,12 +286,12 @@ class OpenSoraVAE(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         *,
-        micro_batch_frames: int | None = None,
+        frames_per_call: int | None = None,
         cache_dir: str | Path | None = None,
     ) -> "OpenSoraVAE":
         """Load from a folder or a hub id already in the local Hugging Face cache (never downloads).
 
-        `micro_batch_frames` defaults to the checkpoint's `vae_2d.micro_batch_size` (4 upstream).
+        `frames_per_call` defaults to the checkpoint's `vae_2d.micro_batch_size` (4 upstream).
         Raises `CodecError` when the checkpoint is missing, is not an Open-Sora VAE, or its keys do not match.
         """
         from safetensors import safe_open
@@ -303,8 +303,8 @@ class OpenSoraVAE(nn.Module):
         )
         config = _read_config(folder / CONFIG_NAME)
         kwargs = _constructor_kwargs(config, folder / CONFIG_NAME)
-        if micro_batch_frames is not None:
-            kwargs["micro_batch_frames"] = micro_batch_frames
+        if frames_per_call is not None:
+            kwargs["frames_per_call"] = frames_per_call
         with torch.device("meta"):
             model = cls(**kwargs)
 
@@ -398,5 +398,5 @@ def _constructor_kwargs(config: dict[str, Any], path: Path) -> dict[str, Any]:
     }
     micro_batch = (config.get("vae_2d") or {}).get("micro_batch_size")
     if micro_batch:
-        kwargs["micro_batch_frames"] = int(micro_batch)
+        kwargs["frames_per_call"] = int(micro_batch)
     return kwargs

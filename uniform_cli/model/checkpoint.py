@@ -20,6 +20,7 @@ from uniform_cli.atomic import atomic_path, write_text_atomic
 from uniform_cli.config import ConfigError, ModelConfig, model_config_from_dict
 from uniform_cli.model.layers import timestep_embedding
 from uniform_cli.model.uniform import UniForm
+from uniform_cli.pretrained import read_state_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -160,44 +161,6 @@ def _check_keys(expected: set[str], present: set[str], source: str, ignorable: s
 
 
 # -- reading foreign checkpoints -----------------------------------------------------------------------------
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` file, a `.pth/.pt/.bin` state dict (weights only), a sharded
-    `*.safetensors.index.json`, or a folder holding one of those (diffusers' `diffusion_pytorch_model*`,
-    optionally in a `transformer/` subfolder, or `model.safetensors`)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        names = ["model.safetensors", "diffusion_pytorch_model.safetensors",
-                 "diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"]
-        for folder in (path, path / "transformer"):
-            for name in names:
-                if (folder / name).is_file():
-                    return read_state_dict(folder / name)
-        raise CheckpointError(f"{path} holds none of {', '.join(names)} (also looked in {path / 'transformer'})")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(path.parent / shard)))
-        return state
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        # PixArt's released .pth files wrap the weights as {"state_dict": ...}; training states keep an "ema".
-        for key in ("state_dict", "ema", "model", "module"):
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise CheckpointError(f"{path} does not hold a state dict of tensors")
-        return obj
-    raise CheckpointError(f"{path}: unknown checkpoint format (use .safetensors, .pth or a folder)")
 
 
 # -- key mappings (model key -> checkpoint keys it is made from) ---------------------------------------------
@@ -350,7 +313,7 @@ def load_pixart_weights(model: UniForm, path: str | Path) -> ImportReport:
     """Fill `model`'s spatial stack and embedders from PixArt-alpha/Sigma weights, in their original layout
     (`.pth` or `.safetensors` with `blocks.N.*`) or diffusers' `PixArtTransformer2DModel` layout (a folder or
     its `diffusion_pytorch_model.safetensors`). Temporal blocks and the task token keep their initialisation."""
-    state = read_state_dict(path)
+    state = read_state_dict(path, error=CheckpointError)
     if any(k.startswith("transformer_blocks.") for k in state):
         report = ImportReport(str(path), "PixArt (diffusers PixArtTransformer2DModel)")
         mapping = _diffusers_mapping(model, state)
@@ -374,7 +337,7 @@ def load_opensora_weights(model: UniForm, path: str | Path, fps: float = 17.0) -
     """Fill `model` from Open-Sora STDiT-v3 weights (hpcai-tech/OpenSora-STDiT-v3 `model.safetensors`, or its
     folder). UniForm clips have one frame rate, so Open-Sora's fps embedding at `fps` (a constant vector
     added to the timestep embedding) is folded into the bias of the timestep MLP's last layer."""
-    state = read_state_dict(path)
+    state = read_state_dict(path, error=CheckpointError)
     report = ImportReport(str(path), "Open-Sora STDiT-v3")
     mapping = _opensora_mapping(model, state)
     ignorable = {"rope.freqs": "RoPE frequencies are recomputed (same theta 10000 and head width)"}

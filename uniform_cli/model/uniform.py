@@ -25,7 +25,7 @@ from uniform_cli.model.packing import (
     pack_audible_frames,
     unpack_audible_frames,
 )
-from uniform_cli.types import Latents
+from uniform_cli.types import AV
 
 POSITION_UNIT = 64
 """Latent rows of a 512-pixel frame. Positions are spaced POSITION_UNIT / H apart (2 at 256 px), the spacing
@@ -119,17 +119,17 @@ class UniForm(nn.Module):
 
     def forward(
         self,
-        x: Latents,
+        x: AV,
         t: torch.Tensor,
         task: torch.Tensor,
         text: torch.Tensor,
         text_mask: torch.Tensor,
         drop_text: torch.Tensor | None = None,
-    ) -> Latents:
+    ) -> AV:
         """x: video `B C F H W` and audio `B C T M` latents; t `B` timesteps; task `B` ids (types.Task);
         text `B L text_dim` with text_mask `B L` (True = real token); drop_text `B` bool, True where the
         text is replaced by the learned null text (classifier-free guidance).
-        Returns float32 Latents with 2C channels per modality (noise, then variance) or C without pred_sigma."""
+        Returns float32 video and audio outputs with 2C channels per modality (noise, then variance) or C without pred_sigma."""
         lay, cfg = self.layout, self.cfg
         dtype = self.x_embedder.proj.weight.dtype
         b = x.video.shape[0]
@@ -162,7 +162,7 @@ class UniForm(nn.Module):
         h = h.view(b, tf, th, tw, pt, ph, pw, self.out_channels).float()
         frames = h.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, tf * pt, th * ph, tw * pw)
         video, audio, _ = unpack_audible_frames(frames, lay)
-        return Latents(video=video, audio=audio)
+        return AV(video=video, audio=audio)
 
 
 def build_model(cfg: ModelConfig) -> UniForm:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from uniform_cli.atomic import open_append, sweep_temp, write_text_atomic
+from uniform_cli.atomic import open_append, read_complete, sweep_temp, write_text_atomic
 from uniform_cli.config import Recipe, recipe_to_toml
 from uniform_cli.memory import peak_memory_bytes
 from uniform_cli.train.step import (
@@ -250,12 +250,12 @@ def keep_metrics_until(path: Path, step: int) -> None:
     if path.is_symlink() or not path.is_file():  # a planted link is refused by the next append, never read
         return
     keep = []
-    for text in path.read_text(encoding="utf-8").splitlines():
+    for text in read_complete(path).splitlines():
         try:
             if json.loads(text)["step"] <= step:
                 keep.append(text + "\n")
         except (ValueError, KeyError, TypeError):
-            continue  # a partial last line
+            continue  # not a record (written by hand, or by something else)
     write_text_atomic(path, "".join(keep))
 
 

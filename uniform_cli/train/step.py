@@ -19,7 +19,7 @@ from uniform_cli.config import DataConfig, TrainConfig
 from uniform_cli.diffusion.losses import hybrid_loss, noised_input
 from uniform_cli.diffusion.schedule import Schedule
 from uniform_cli.train.ema import update_ema
-from uniform_cli.types import Latents, Task
+from uniform_cli.types import AV, Task
 
 if TYPE_CHECKING:
     from uniform_cli.latents.loader import LatentBatch
@@ -51,14 +51,14 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 class StepInputs:
     """What one micro-batch feeds the model and the loss."""
 
-    x0: Latents
+    x0: AV
     t: torch.Tensor
     task: torch.Tensor
-    noise: Latents
+    noise: AV
     drop_text: torch.Tensor
 
 
-def draw_step_inputs(x0: Latents, data: DataConfig, num_timesteps: int, g: torch.Generator) -> StepInputs:
+def draw_step_inputs(x0: AV, data: DataConfig, num_timesteps: int, g: torch.Generator) -> StepInputs:
     """Tasks, timesteps, noise and text dropping for a batch of clean latents (drawn on the CPU, then moved)."""
     b = x0.batch_size
     task = sample_tasks(data, b, g)
