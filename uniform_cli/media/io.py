@@ -105,12 +105,10 @@ def write_mp4(
 
     The result plays in browsers (`+faststart` moves the index to the front), except at `crf=0`: lossless
     H.264 (High 4:4:4 Predictive) plays in FFmpeg-based players, and its frames decode the same every time.
-    At crf > 0, libx264's MB-tree may encode the same small frames differently from one call to the next
-    (seen on 32 x 32 clips written by a process that had decoded other media; every write repeats
-    under glibc's MALLOC_PERTURB_, so libx264 reads memory it never set). MB-tree off would make every write
-    repeat, but it also lets still backgrounds flicker between frames, which adds optical-flow peaks (the
-    AV-Align of 32 reference clips of the demo fell from about 0.46 to 0.39); so it stays on, and crf=0 is the
-    way to exact repeats.
+    At crf > 0, libx264's MB-tree may encode the same small frames differently from one call to the next (it
+    reads memory it never set); turning MB-tree off would make writes repeat but lets still backgrounds
+    flicker between frames, which adds optical-flow peaks to AV-Align. So it stays on, and crf=0 is the way
+    to exact repeats (CHANGELOG.md has the measurements).
     """
     import av
 
