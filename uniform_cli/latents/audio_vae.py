@@ -10,6 +10,8 @@ Shapes at the paper's settings: wave `B 64000` -> mel `B 400 64` -> latent `B 8 
 
 from __future__ import annotations
 
+import importlib.util
+
 import math
 from pathlib import Path
 
@@ -77,8 +79,12 @@ class AudioLDMCodec:
         from uniform_cli.pretrained import resolve_pretrained
 
         folder = resolve_pretrained(id_or_path, FILES, WHAT, example=DEFAULT_CHECKPOINT, error=CodecError)
+        # Without accelerate, diffusers' default low_cpu_mem_usage=True falls back to False with a warning on
+        # every load; ask for what is available instead.
+        has_accelerate = importlib.util.find_spec("accelerate") is not None
         try:
-            vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype,
+                                                low_cpu_mem_usage=has_accelerate)
             vocoder = SpeechT5HifiGan.from_pretrained(str(folder), subfolder="vocoder", local_files_only=True, dtype=dtype)
         except (OSError, ValueError) as err:
             raise CodecError(
