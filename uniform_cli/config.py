@@ -33,6 +33,10 @@ VideoCodecName = Literal["opensora", "pixel"]
 """Video codecs (`codec.video`): Open-Sora VAE v1.2, or the weight-free pixel codec."""
 AudioCodecName = Literal["audioldm", "mel"]
 """Audio codecs (`codec.audio`): AudioLDM VAE + HiFi-GAN, or the weight-free mel codec."""
+Job = Literal["t2av", "a2v", "v2a", "extend", "retake", "i2av"]
+"""What a training sample is asked to do (`data.task_weights`): the paper's three tasks, or a span job
+(`diffusion.tasks`): extend (the first frames of both modalities given), retake (a span of one or both
+modalities generated, the rest given), i2av (the first video frame given)."""
 TaskSampling = Literal["iteration", "sample"]
 """How training draws tasks (`data.task_sampling`)."""
 Precision = Literal["bf16", "fp32"]
@@ -229,9 +233,10 @@ class DataConfig(ClipSpec):
     shards: list[str] = field(default_factory=list)
     """Shard folders written by `uniform encode` (each holds index.json)."""
     task_weights: dict[str, float] = field(default_factory=lambda: {"t2av": 1.0, "a2v": 1.0, "v2a": 1.0})
-    """Relative frequency of each task in training."""
+    """Relative frequency of each job in training (`Job`: the paper's t2av, a2v, v2a, and the span jobs extend,
+    retake, i2av); a job not named has weight 0."""
     task_sampling: TaskSampling = "iteration"
-    """"iteration": one task per step for the whole batch (the paper); "sample": one per sample."""
+    """"iteration": one job per step for the whole batch (the paper); "sample": one per sample."""
     text_drop: float = 0.5
     """Probability that a sample's text is replaced by the null embedding."""
     num_workers: int = 2
@@ -241,9 +246,10 @@ class DataConfig(ClipSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        unknown = set(self.task_weights) - {"t2av", "a2v", "v2a"}
+        unknown = set(self.task_weights) - set(typing.get_args(Job))
         if unknown:
-            raise ConfigError(f"data.task_weights has unknown tasks {sorted(unknown)}; use t2av, a2v, v2a")
+            raise ConfigError(f"data.task_weights has unknown jobs {sorted(unknown)}; use "
+                              f"{', '.join(typing.get_args(Job))}")
         check_choices(self, "data")
         if not 0.0 <= self.text_drop <= 1.0:
             raise ConfigError(f"data.text_drop must lie in [0, 1], not {self.text_drop}")

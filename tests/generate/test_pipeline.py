@@ -21,8 +21,8 @@ def test_given_media_survive_and_rows_are_independent(pipe, media):
     wave = prepare_media(media["audio"], pipe.spec, video=False).audio
     out = pipe(["rain on a roof", "a dog barks"], [Task.V2A, Task.A2V], video=[frames, None], audio=[None, wave],
                sampler="ddpm", steps=2, seed=[5, 9])
-    assert out.frames.shape == (2, 68, 128, 128, 3) and out.frames.dtype == np.uint8
-    assert out.wave.shape == (2, 64000) and out.wave.dtype == np.float32
+    assert np.stack(out.frames).shape == (2, 68, 128, 128, 3) and out.frames[0].dtype == np.uint8
+    assert np.stack(out.wave).shape == (2, 64000) and out.wave[0].dtype == np.float32
     np.testing.assert_array_equal(out.frames[0], frames)  # V2A: the prepared input frames themselves
     np.testing.assert_array_equal(out.wave[1], wave)  # A2V: the prepared input audio itself
     assert np.abs(out.wave[0]).max() > 0 and out.frames[1].std() > 0
@@ -36,10 +36,12 @@ def test_given_media_survive_and_rows_are_independent(pipe, media):
 
 
 def test_inputs_are_checked(pipe):
-    with pytest.raises(PipelineError, match="V2A rows need video"):
+    with pytest.raises(PipelineError, match="v2a needs a video"):
         pipe(["x"], Task.V2A, steps=2)
     with pytest.raises(PipelineError, match="uint8"):
-        pipe(["x"], Task.V2A, video=[np.zeros((10, 128, 128, 3), np.uint8)], steps=2)
+        pipe(["x"], Task.V2A, video=[np.zeros((10, 128, 128, 3), np.float32)], steps=2)
+    with pytest.raises(PipelineError, match="uint8 F 128 128 3"):
+        pipe(["x"], Task.V2A, video=[np.zeros((10, 64, 64, 3), np.uint8)], steps=2)
     with pytest.raises(PipelineError, match="2 tasks for 1 captions"):
         pipe(["x"], [Task.T2AV, Task.A2V], steps=2)
 

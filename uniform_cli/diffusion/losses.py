@@ -1,4 +1,4 @@
-"""IDDPM's hybrid training loss, masked to the generated positions of each task.
+"""IDDPM's hybrid training loss, masked to the generated positions of each job (`diffusion.tasks`).
 
 loss = MSE + vb. MSE is the error of the model's prediction (`schedule.prediction`): of eps (the paper), of v, or
 for x0 the v error that the x0 error implies, (x0_hat - x0) / sqrt(1 - abar), with sqrt(1 - abar) floored at
@@ -29,17 +29,17 @@ from uniform_cli.diffusion.schedule import (
     v_from_eps,
     x0_from_eps,
 )
-from uniform_cli.diffusion.tasks import broadcast_mask, generated_masks, keep_given
+from uniform_cli.diffusion.tasks import keep_given, time_mask
 from uniform_cli.types import AV
 
 X0_LOSS_MIN_SIGMA = 0.05
 """Floor of sqrt(1 - abar) in the x0-prediction loss (reached below step ~25 of the 1,000-step schedule)."""
 
 
-def noised_input(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, task: torch.Tensor) -> AV:
+def noised_input(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, generated: AV) -> AV:
     """The model's training input: x_t at generated positions, the clean x0 at given ones."""
     x_t = x0.map(lambda x, n: q_sample(schedule, x, t, n), noise)
-    return keep_given(x_t, x0, generated_masks(task))
+    return keep_given(x_t, x0, generated)
 
 
 def vb_terms(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -52,11 +52,16 @@ def vb_terms(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.T
     model_log_var = learned_range_log_variance(schedule, v, t)
     kl = normal_kl(true_mean, true_log_var, model_mean, model_log_var) / math.log(2.0)
     nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var) / math.log(2.0)
-    return torch.where(broadcast_mask(t == 0, x0), nll, kl)
+    return torch.where(time_mask(t == 0, x0), nll, kl)
 
 
-def _mean_per_sample(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).mean(dim=1)
+def _mean_where(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean of `x` over the elements where `keep` (broadcast) is True, and their count; a sample
+    with none gets 0. torch.where (not a multiply), so a NaN at a left-out position cannot leak in."""
+    keep = keep.expand_as(x)
+    count = keep.flatten(1).sum(dim=1)
+    total = torch.where(keep, x, 0.0).flatten(1).sum(dim=1)
+    return torch.where(count > 0, total / count.clamp(min=1), 0.0), count
 
 
 @dataclass
@@ -64,8 +69,8 @@ class LossTerms:
     """The hybrid loss of a batch.
 
     loss: `[B]`, the mean of (mse + vb) over every generated element of each sample (video and audio pooled).
-    mse, vb: per modality, `[B]` means over that modality's elements; 0 where the modality is given.
-    generated: per modality, bool `[B]`, which modality each sample generated (select these when logging).
+    mse, vb: per modality, `[B]` means over that modality's generated elements; 0 where none is generated.
+    generated: per modality, bool `[B]`, whether each sample generated any of it (select these when logging).
     """
 
     loss: torch.Tensor
@@ -75,14 +80,13 @@ class LossTerms:
 
 
 def hybrid_loss(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, output: AV,
-                task: torch.Tensor) -> LossTerms:
+                generated: AV) -> LossTerms:
     """IDDPM hybrid loss of a model `output` (the prediction, optionally followed by the learned-range variance
-    values, per modality) computed on `noised_input(schedule, x0, t, noise, task)`; given positions contribute
+    values, per modality) computed on `noised_input(schedule, x0, t, noise, generated)`; given positions contribute
     nothing. The prediction is eps, v or x0 as `schedule.prediction` says (see the module docstring for its MSE).
 
     `t` are indices into `schedule` (the training schedule). Without variance channels the loss is the MSE alone.
     """
-    generated = generated_masks(task)
     x_t = x0.map(lambda x, n: q_sample(schedule, x, t, n), noise)
     scale = schedule.training_timesteps / 1000.0
 
@@ -99,18 +103,17 @@ def hybrid_loss(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, output: 
             error = (pred - x0_m) / sigma
         else:
             error = pred - noise_m
-        mse = _mean_per_sample(error**2)
+        keep = time_mask(gen_m, x0_m)
+        mse, count = _mean_where(error**2, keep)
         eps = output_as_eps(schedule, pred, x_t_m, t)
         if v is None:
             vb = torch.zeros_like(mse)
         else:
-            vb = _mean_per_sample(vb_terms(schedule, x0_m, x_t_m, t, eps.detach(), v)) * scale
-        keep = gen_m.to(mse.device)
-        count = keep.float() * x0_m[0].numel()
-        # torch.where (not a multiply) so a NaN at a given position cannot leak into the loss.
-        return torch.where(keep, mse, 0.0), torch.where(keep, vb, 0.0), count
+            vb = _mean_where(vb_terms(schedule, x0_m, x_t_m, t, eps.detach(), v), keep)[0] * scale
+        return mse, vb, count.float()
 
     mse_v, vb_v, n_v = terms(x0.video, x_t.video, noise.video, output.video, generated.video)
     mse_a, vb_a, n_a = terms(x0.audio, x_t.audio, noise.audio, output.audio, generated.audio)
     loss = ((mse_v + vb_v) * n_v + (mse_a + vb_a) * n_a) / (n_v + n_a)
-    return LossTerms(loss=loss, mse=AV(mse_v, mse_a), vb=AV(vb_v, vb_a), generated=generated)
+    anywhere = generated.map(lambda m: m.reshape(m.shape[0], -1).any(dim=1))
+    return LossTerms(loss=loss, mse=AV(mse_v, mse_a), vb=AV(vb_v, vb_a), generated=anywhere)

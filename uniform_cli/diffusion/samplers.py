@@ -2,11 +2,12 @@
 
 Each is one short loop. `model_fn(x, t_original) -> AV` returns the model's prediction (eps, v or x0, as
 the schedule's `prediction` says; the loops turn it into eps), optionally followed by the learned-range variance
-values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (per the task) are
-reset to their clean values before every model call and in the result, so only generated positions are sampled.
+values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (where the job's
+`generated` masks, `diffusion.tasks`, are False) are reset to their clean values before every model call and in
+the result, so only generated positions are sampled.
 Noise and given latents should be float32; the loops compute in the noise's dtype.
 
-All three take the same arguments, `(model_fn, schedule, noise, given, task, steps, *, generator=None,
+All three take the same arguments, `(model_fn, schedule, noise, given, generated, steps, *, generator=None,
 progress=None)`, so a caller picks one by name from `SAMPLERS` and calls it the same way.
 """
 
@@ -27,7 +28,7 @@ from uniform_cli.diffusion.schedule import (
     split_output,
     x0_from_eps,
 )
-from uniform_cli.diffusion.tasks import generated_masks, keep_given
+from uniform_cli.diffusion.tasks import keep_given
 from uniform_cli.types import AV
 
 ModelFn = Callable[[AV, torch.Tensor], AV]
@@ -55,7 +56,7 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class SamplerFn(Protocol):
     """What every sampler is: `steps` respaced steps from `noise` to clean latents, given positions kept."""
 
-    def __call__(self, model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
+    def __call__(self, model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, generated: AV,
                  steps: int, *, generator: Generators = None, progress: Progress | None = None) -> AV: ...
 
 
@@ -74,24 +75,25 @@ def _eps(model_fn: ModelFn, spaced: Schedule, x: AV, i: torch.Tensor, t: torch.T
     return x.map(lambda x_m, o: output_as_eps(spaced, o.to(x_m.dtype), x_m, i), model_fn(x, t))
 
 
-def _check(noise: AV, given: AV, task: torch.Tensor) -> AV:
+def _check(noise: AV, given: AV, generated: AV) -> None:
     if noise.video.shape != given.video.shape or noise.audio.shape != given.audio.shape:
         raise ValueError(
             f"noise {tuple(noise.video.shape)}/{tuple(noise.audio.shape)} and given "
             f"{tuple(given.video.shape)}/{tuple(given.audio.shape)} latents must have the same shapes"
         )
-    if task.shape != (noise.batch_size,):
-        raise ValueError(f"task must have shape ({noise.batch_size},), got {tuple(task.shape)}")
-    return generated_masks(task)
+    for name, mask in (("video", generated.video), ("audio", generated.audio)):
+        if mask.shape[0] != noise.batch_size or mask.dtype != torch.bool:
+            raise ValueError(f"generated.{name} must be a bool mask with {noise.batch_size} rows, got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
 
 
 @torch.no_grad()
-def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
+def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, generated: AV,
                 steps: int, *, generator: Generators = None,
                 progress: Progress | None = None) -> AV:
     """Ancestral sampling on the respaced schedule with the model's learned variance (posterior variance when
     the model predicts eps only); no noise is added at the last step."""
-    generated = _check(noise, given, task)
+    _check(noise, given, generated)
     spaced = sampling_schedule(schedule, steps)
     x = keep_given(noise, given, generated)
     plan = _steps(spaced, noise.batch_size, noise.video.device)
@@ -109,12 +111,12 @@ def sample_ddpm(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, tas
 
 
 @torch.no_grad()
-def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
+def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, generated: AV,
                 steps: int, *, generator: Generators = None, progress: Progress | None = None,
                 eta: float = 0.0) -> AV:
     """DDIM on the respaced schedule: deterministic for eta = 0 (the generator is then unused), ancestral-like
     for eta = 1."""
-    generated = _check(noise, given, task)
+    _check(noise, given, generated)
     spaced = sampling_schedule(schedule, steps)
     x = keep_given(noise, given, generated)
     plan = _steps(spaced, noise.batch_size, noise.video.device)
@@ -138,7 +140,7 @@ def sample_ddim(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, tas
 
 
 @torch.no_grad()
-def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, task: torch.Tensor,
+def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, generated: AV,
                       steps: int, *, generator: Generators = None, progress: Progress | None = None) -> AV:
     """DPM-Solver++(2M): multistep, data prediction, on the respaced discrete schedule.
 
@@ -151,7 +153,7 @@ def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: AV, given: A
     first order (no history yet), and so is the one into t = 0 (lower_order_final): lambda jumps most there
     (about 1.9 to 4.6 at 25 steps) and the linear extrapolation of x0 overshoots.
     """
-    generated = _check(noise, given, task)
+    _check(noise, given, generated)
     spaced = sampling_schedule(schedule, steps)
     x = keep_given(noise, given, generated)
     plan = _steps(spaced, noise.batch_size, noise.video.device)

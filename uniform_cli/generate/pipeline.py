@@ -1,17 +1,20 @@
 """`UniFormPipeline`: a trained checkpoint plus its codecs and text encoder, from captions (and given media) to clips.
 
     pipe = UniFormPipeline.from_pretrained("runs/multitask/checkpoints/latest")
-    out = pipe(["a dog barks", "rain on a roof"], task=[Task.T2AV, Task.V2A], video=[None, frames])
-    out.frames  # uint8 `B F H W 3` (68 x 256 x 256 x 3 at the paper's settings)
-    out.wave    # float32 `B S` (64,000 samples at 16 kHz)
+    out = pipe(["a dog barks", "rain on a roof"], task=["t2av", "v2a"], video=[None, frames])
+    out.frames[0]  # uint8 `F H W 3` (68 x 256 x 256 x 3 for 4 s at the paper's settings)
+    out.wave[0]    # float32 `S` (64,000 samples)
+    out = pipe.generate([Job("waves on rocks", "v2a", video=frames_of_60_s)])   # any length, any task of jobs.py
 
-Given media must already be prepared (`uniform_cli.media.prepare.prepare_media(path, pipe.spec)`): exactly
-`spec.frames` frames of `spec.size` squared, or `spec.samples` samples. They are encoded (posterior mean) and
-held fixed while the model fills in the rest, and the output carries them unchanged (not a decoded copy).
+Given media are at the pipeline's clip format, of any length (`prepare_media(path, spec)` with the seconds
+wanted). They are encoded (posterior mean) and held fixed while the model fills in the rest, and the output
+carries them unchanged (not a decoded copy). Outputs longer than the model's clip are made in windows
+(`generate.jobs`).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from uniform_cli.config import ClipSpec, CodecConfig, ConfigError, GenerateConfig, Recipe, recipe_from_dict
+from uniform_cli.generate.jobs import CROSSFADE, Job, JobError, Timeline, next_window, plan_timeline, write_back
 from uniform_cli.latents.codecs import AudioCodec, VideoCodec, build_audio_codec, build_video_codec
 from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 from uniform_cli.types import AV, Task
@@ -42,21 +46,23 @@ class PipelineError(ValueError):
 
 @dataclass
 class GenerationResult:
-    """Clips of one call; row i of each array belongs to the i-th caption."""
+    """Clips of one call; entry i of each list belongs to the i-th job."""
 
-    frames: np.ndarray
-    """uint8 `B F H W 3`; the given frames themselves for V2A rows."""
-    wave: np.ndarray
-    """float32 `B S` in [-1, 1]; the given audio itself for A2V rows."""
+    frames: list[np.ndarray]
+    """uint8 `F H W 3` per job; given frames are the given ones."""
+    wave: list[np.ndarray]
+    """float32 `S` in [-1, 1] per job; given samples are the given ones."""
     fps: int
     sample_rate: int
-    tasks: list[Task]
+    tasks: list[str]
     seeds: list[int | None]
     """Each row's seed (None where the caller passed its own generators)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds for the whole batch: text, encode (given media), denoise, decode, total."""
     peak_memory: int | None = None
     """Peak bytes the call allocated on a CUDA device (None on the CPU)."""
+    windows: list[list[int]] = field(default_factory=list)
+    """Start seconds of the model windows each job took."""
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -185,30 +191,6 @@ class UniFormPipeline:
             raise PipelineError("the checkpoint's parts do not fit together: " + "; ".join(problems)
                                 + " (check [codec] and [data] in recipe.toml, or the codec flags)")
 
-    def _rows(self, given, name: str, tasks: list[Task], needs: Task, shape: tuple[int, ...],
-              dtype: torch.dtype) -> torch.Tensor | None:
-        """The given media of the rows whose task needs them, stacked on the CPU; None when no row does."""
-        rows = [i for i, t in enumerate(tasks) if t == needs]
-        if not rows:
-            return None
-        if given is None:
-            raise PipelineError(f"{needs.name} rows need {name}; pass {name}= with one entry per row")
-        if len(given) != len(tasks):
-            raise PipelineError(f"{name} has {len(given)} rows for {len(tasks)} captions")
-        out = []
-        for i in rows:
-            x = given[i]
-            if x is None:
-                raise PipelineError(f"row {i} is {needs.name} but has no {name}")
-            x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).cpu()
-            if tuple(x.shape) != shape or (dtype == torch.uint8 and x.dtype != torch.uint8):
-                raise PipelineError(
-                    f"row {i}: {name} must be {'uint8' if dtype == torch.uint8 else 'float'} {list(shape)} (prepared "
-                    f"with uniform_cli.media.prepare.prepare_media(path, pipeline.spec)), got {x.dtype} {list(x.shape)}"
-                )
-            out.append(x.to(dtype))
-        return torch.stack(out)
-
     # -- stages ---------------------------------------------------------------------------------------------
 
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,12 +227,12 @@ class UniFormPipeline:
         return [torch.Generator(self.device).manual_seed(s) for s in seeds], seeds
 
     def _noise(self, generators: list[torch.Generator]) -> AV:
-        """Each row's starting noise from its own generator (video first, then audio), so it does not depend on
-        the other rows of the batch."""
+        """Each row's noise for one window from its own generator (video first, then audio), so it does not
+        depend on the other rows of the batch."""
         cfg = self.model.cfg
         rows = [
             AV(torch.randn((1, *cfg.video_latent), generator=g, device=self.device),
-                    torch.randn((1, *cfg.audio_latent), generator=g, device=self.device))
+               torch.randn((1, *cfg.audio_latent), generator=g, device=self.device))
             for g in generators
         ]
         return AV(torch.cat([r.video for r in rows]), torch.cat([r.audio for r in rows]))
@@ -271,9 +253,47 @@ class UniFormPipeline:
     def __call__(
         self,
         texts: Sequence[str],
-        task: Task | str | Sequence[Task | str] = Task.T2AV,
+        task: Task | str | Sequence[Task | str] = "t2av",
         video: Sequence | np.ndarray | torch.Tensor | None = None,
         audio: Sequence | np.ndarray | torch.Tensor | None = None,
+        **options,
+    ) -> GenerationResult:
+        """Generate one output per caption: `task` for all rows or one per row, `video`/`audio` one entry (or
+        None) per row; the other options are `generate`'s."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        b = len(texts)
+        tasks = list(task) if isinstance(task, (list, tuple)) else [task] * b
+        if len(tasks) != b:
+            raise PipelineError(f"got {len(tasks)} tasks for {b} captions")
+
+        def rows(given, name: str) -> list:
+            if given is None:
+                return [None] * b
+            if len(given) != b:
+                raise PipelineError(f"{name} has {len(given)} rows for {b} captions")
+            return [None if x is None else (x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+                    for x in given]
+
+        jobs = [Job(text, t.name.lower() if isinstance(t, Task) else str(t).strip().lower(), v, a)
+                for text, t, v, a in zip(texts, tasks, rows(video, "video"), rows(audio, "audio"))]
+        return self.generate(jobs, **options)
+
+    def _check_media(self, i: int, job: Job) -> None:
+        spec = self.spec
+        for name, x, shape, kind in (("video", job.video, (spec.size, spec.size, 3), np.uint8),
+                                     ("image", job.image, (spec.size, spec.size, 3), np.uint8)):
+            if x is not None and (x.dtype != kind or tuple(x.shape[-3:]) != shape or x.ndim != len(shape) + (name == "video")):
+                raise PipelineError(f"row {i}: {name} must be uint8 {'F ' if name == 'video' else ''}"
+                                    f"{spec.size} {spec.size} 3 (prepared with uniform_cli.media.prepare."
+                                    f"prepare_media(path, spec)), got {x.dtype} {list(x.shape)}")
+        if job.audio is not None and (job.audio.ndim != 1 or not np.issubdtype(job.audio.dtype, np.floating)):
+            raise PipelineError(f"row {i}: audio must be float `S` at {spec.sample_rate} Hz, got "
+                                f"{job.audio.dtype} {list(job.audio.shape)}")
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        jobs: Sequence[Job],
         *,
         sampler: str | None = None,
         steps: int | None = None,
@@ -281,91 +301,139 @@ class UniFormPipeline:
         cfg_audio: float | None = None,
         seed: int | Sequence[int] | None = None,
         generator: Sequence[torch.Generator] | None = None,
+        overlap: int = 1,
         progress: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
-        """Generate one clip per caption.
+        """Generate one output per job (`generate.jobs.Job`: any task, any length), in one batch.
 
-        task: one task for all rows or one per row (rows of different tasks share the batch).
-        video: prepared uint8 `B F H W 3` (or a list with an `F H W 3` array or None per row), used by V2A rows.
-        audio: prepared float `B S` (or a list with an `S` array or None per row), used by A2V rows.
-        sampler/steps/cfg_*: default to the checkpoint's `[generate]` settings.
-        seed: an int gives row i the seed `seed + i`; a list gives each row its own. `generator` (one per
-        row, on the pipeline's device) replaces seeds. A row's noise comes from its own generator only.
+        sampler/steps/cfg_*: default to the checkpoint's `[generate]` settings. seed: an int gives row i the
+        seed `seed + i`; a list gives each row its own. `generator` (one per row, on the pipeline's device)
+        replaces seeds; a row's noise comes from its own generator only. `overlap`: whole seconds each window
+        shares with what is already made (below the clip length).
         """
-        from uniform_cli.diffusion.guidance import conditional_model_fn, guided_model_fn
         from uniform_cli.diffusion.samplers import SAMPLERS
 
         t_start = time.perf_counter()
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        b = len(texts)
+        jobs = list(jobs)
+        b = len(jobs)
         if not b:
-            raise PipelineError("no captions given (pass [''] to generate without text)")
-        tasks = [Task.parse(t) if isinstance(t, str) else Task(t) for t in
-                 (task if isinstance(task, (list, tuple)) else [task] * b)]
-        if len(tasks) != b:
-            raise PipelineError(f"got {len(tasks)} tasks for {b} captions")
+            raise PipelineError("no jobs given (pass [''] to generate without text)")
         sampler = sampler or self.defaults.sampler
         if sampler not in SAMPLERS:
             raise PipelineError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        steps = steps or self.defaults.steps
-        cfg_video = self.defaults.cfg_video if cfg_video is None else cfg_video
-        cfg_audio = self.defaults.cfg_audio if cfg_audio is None else cfg_audio
-        spec, cfg = self.spec, self.model.cfg
-        given_frames = self._rows(video, "video", tasks, Task.V2A, (spec.frames, spec.size, spec.size, 3), torch.uint8)
-        given_wave = self._rows(audio, "audio", tasks, Task.A2V, (spec.samples,), torch.float32)
+        window = self.spec.seconds
+        if not (isinstance(overlap, int) and 0 < overlap < window):
+            raise PipelineError(f"overlap must be a whole number of seconds in 1..{math.ceil(window) - 1}, "
+                                f"not {overlap!r}")
+        timelines = []
+        for i, job in enumerate(jobs):
+            self._check_media(i, job)
+            try:
+                timelines.append(plan_timeline(job, self.spec, self.model.cfg.video_latent[1]))
+            except JobError as e:
+                raise PipelineError(f"row {i} ({job.task}): {e}") from None
+        settings = dict(sampler=SAMPLERS[sampler], steps=steps or self.defaults.steps,
+                        cfg_video=self.defaults.cfg_video if cfg_video is None else cfg_video,
+                        cfg_audio=self.defaults.cfg_audio if cfg_audio is None else cfg_audio)
         generators, seeds = self._generators(b, seed, generator)
         reset_peak_memory(self.device)
-        timings: dict[str, float] = {}
+        timings = {"text": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
 
         clock = time.perf_counter()
-        text, text_mask = self.encode_text(texts)
+        texts = [job.text for job in jobs]
+        text, text_mask = (x.to(self.device) for x in self.encode_text(texts))
+        has_text = self.text_encoder is not None and any(t.strip() for t in texts)
         self._sync()
         timings["text"] = time.perf_counter() - clock
+        per_second = round(self.model.cfg.video_latent[1] / window)
+        while True:
+            starts = [next_window(tl, round(window), overlap, per_second) for tl in timelines]
+            rows = [i for i, start in enumerate(starts) if start is not None]
+            if not rows:
+                break
+            self._window([timelines[i] for i in rows], [starts[i] for i in rows], text[rows], text_mask[rows],
+                         has_text, [generators[i] for i in rows], settings, timings, progress)
+        fps, rate = self.spec.fps, self.spec.sample_rate
+        frames = [tl.frames[: round(tl.seconds * fps)] for tl in timelines]
+        wave = [tl.wave[: round(tl.seconds * rate)] for tl in timelines]
+        timings["total"] = time.perf_counter() - t_start
+        peak = peak_memory_bytes(self.device)[0] if self.device.type == "cuda" else None
+        return GenerationResult(frames, wave, fps, rate, [job.task for job in jobs], seeds, timings, peak,
+                                [tl.windows for tl in timelines])
+
+    def _window(self, timelines: list[Timeline], starts: list[int], text: torch.Tensor, text_mask: torch.Tensor,
+                has_text: bool, generators: list[torch.Generator], settings: dict, timings: dict,
+                progress: Callable[[int, int], None] | None) -> None:
+        """One model window per timeline (starting at `starts` seconds): encode what is known there, sample
+        what is still to generate, decode it and write it back."""
+        from uniform_cli.diffusion.guidance import conditional_model_fn, guided_model_fn
+
+        spec, cfg = self.spec, self.model.cfg
+        fps, rate, latent = round(spec.fps), round(spec.sample_rate), cfg.video_latent[1]
+        per_second = round(latent / spec.seconds)
+        n_frames, n_samples = spec.frames, spec.samples
+        frame_slices = [slice(s * fps, s * fps + n_frames) for s in starts]
+        sample_slices = [slice(s * rate, s * rate + n_samples) for s in starts]
+        latent_slices = [slice(s * per_second, s * per_second + latent) for s in starts]
+        gen_video = torch.tensor(np.stack([(tl.generate_video & ~tl.done_video)[sl]
+                                           for tl, sl in zip(timelines, latent_slices)]), device=self.device)
+        gen_audio = torch.tensor(np.stack([(tl.generate_audio & ~tl.done_audio)[sl]
+                                           for tl, sl in zip(timelines, latent_slices)]), device=self.device)
+        b = len(timelines)
 
         clock = time.perf_counter()
         given = AV(torch.zeros(b, *cfg.video_latent, device=self.device),
-                        torch.zeros(b, *cfg.audio_latent, device=self.device))
-        v2a = [i for i, t in enumerate(tasks) if t == Task.V2A]
-        a2v = [i for i, t in enumerate(tasks) if t == Task.A2V]
-        if given_frames is not None:
-            given.video[v2a] = self._encode_video(given_frames)
-        if given_wave is not None:
-            given.audio[a2v] = self._encode_audio(given_wave)
+                   torch.zeros(b, *cfg.audio_latent, device=self.device))
+        rows = [i for i in range(b) if not bool(gen_video[i].all())]
+        if rows:
+            frames = torch.from_numpy(np.stack([timelines[i].frames[frame_slices[i]] for i in rows]))
+            given.video[rows] = self._encode_video(frames)
+        rows = [i for i in range(b) if not bool(gen_audio[i].all())]
+        if rows:
+            wave = torch.from_numpy(np.stack([timelines[i].wave[sample_slices[i]] for i in rows]))
+            given.audio[rows] = self._encode_audio(wave)
         self._sync()
-        timings["encode"] = time.perf_counter() - clock
+        timings["encode"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        task_ids = torch.tensor([int(t) for t in tasks], device=self.device)
-        text, text_mask = text.to(self.device), text_mask.to(self.device)
-        has_text = self.text_encoder is not None and any(t.strip() for t in texts)
-        if has_text and (cfg_video != 1.0 or cfg_audio != 1.0):
-            model_fn = guided_model_fn(self.model, task_ids, text, text_mask, cfg_video, cfg_audio)
+        masks = AV(gen_video, gen_audio)
+        if has_text and (settings["cfg_video"] != 1.0 or settings["cfg_audio"] != 1.0):
+            model_fn = guided_model_fn(self.model, masks, text, text_mask, settings["cfg_video"], settings["cfg_audio"])
         else:  # no caption in the batch, or scale 1: guidance would return the conditional prediction
-            model_fn = conditional_model_fn(self.model, task_ids, text, text_mask)
-        noise = self._noise(generators)
-        latents = SAMPLERS[sampler](model_fn, self.schedule, noise, given, task_ids, steps, generator=generators,
-                                    progress=progress)
+            model_fn = conditional_model_fn(self.model, masks, text, text_mask)
+        latents = settings["sampler"](model_fn, self.schedule, self._noise(generators), given, masks,
+                                      settings["steps"], generator=generators, progress=progress)
         self._sync()
-        timings["denoise"] = time.perf_counter() - clock
+        timings["denoise"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        frames = np.empty((b, spec.frames, spec.size, spec.size, 3), np.uint8)
-        wave = np.empty((b, spec.samples), np.float32)
-        make_video = [i for i, t in enumerate(tasks) if t != Task.V2A]
-        make_audio = [i for i, t in enumerate(tasks) if t != Task.A2V]
-        if make_video:
-            frames[make_video] = self.video_codec.decode(latents.video[make_video], spec.frames).cpu().numpy()
-        if make_audio:
-            decoded = self.audio_codec.decode(latents.audio[make_audio]).float().clamp(-1, 1).cpu().numpy()
-            if decoded.shape[1] != spec.samples:
-                raise PipelineError(f"the audio codec decoded {decoded.shape[1]} samples, not {spec.samples}")
-            wave[make_audio] = decoded
-        if given_frames is not None:
-            frames[v2a] = given_frames.numpy()
-        if given_wave is not None:
-            wave[a2v] = given_wave.numpy()
+        video_bounds = np.round(np.arange(latent + 1) * fps / per_second).astype(int)
+        audio_bounds = np.round(np.arange(latent + 1) * rate / per_second).astype(int)
+        fade_frames, fade_samples = round(CROSSFADE * fps), round(CROSSFADE * rate)
+        rows = [i for i in range(b) if bool(gen_video[i].any()) or not timelines[i].filled_frames[frame_slices[i]].all()]
+        if rows:
+            decoded = self.video_codec.decode(latents.video[rows], n_frames).cpu().numpy()
+            for k, i in enumerate(rows):
+                tl, sl = timelines[i], frame_slices[i]
+                write = np.repeat(gen_video[i].cpu().numpy(), np.diff(video_bounds)) | ~tl.filled_frames[sl]
+                write &= ~tl.given_frames[sl]
+                write_back(tl.frames, decoded[k], sl.start, write, tl.given_frames, tl.filled_frames,
+                           tl.source_frames, fade_frames)
+                tl.filled_frames[sl] |= write
+        rows = [i for i in range(b) if bool(gen_audio[i].any())]
+        if rows:
+            decoded = self.audio_codec.decode(latents.audio[rows]).float().clamp(-1, 1).cpu().numpy()
+            if decoded.shape[1] != n_samples:
+                raise PipelineError(f"the audio codec decoded {decoded.shape[1]} samples, not {n_samples}")
+            for k, i in enumerate(rows):
+                tl, sl = timelines[i], sample_slices[i]
+                write = np.repeat(gen_audio[i].cpu().numpy(), np.diff(audio_bounds)) & ~tl.given_samples[sl]
+                write_back(tl.wave, decoded[k], sl.start, write, tl.given_samples, tl.filled_samples,
+                           tl.source_wave, fade_samples)
+                tl.filled_samples[sl] |= write
+        for i, tl in enumerate(timelines):
+            tl.done_video[latent_slices[i]] |= gen_video[i].cpu().numpy()
+            tl.done_audio[latent_slices[i]] |= gen_audio[i].cpu().numpy()
+            tl.windows.append(starts[i])
         self._sync()
-        timings["decode"] = time.perf_counter() - clock
-        timings["total"] = time.perf_counter() - t_start
-        peak = peak_memory_bytes(self.device)[0] if self.device.type == "cuda" else None
-        return GenerationResult(frames, wave, spec.fps, spec.sample_rate, tasks, seeds, timings, peak)
+        timings["decode"] += time.perf_counter() - clock

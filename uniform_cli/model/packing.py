@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from uniform_cli.config import ModelConfig
-from uniform_cli.types import Task
+from uniform_cli.types import AV
 
 VIDEO, AUDIO, TASK = 0, 1, 2
 """Token kinds: which part of the audible frame a token's patch covers."""
@@ -181,8 +181,15 @@ def token_kinds(layout: AudibleFrameLayout) -> torch.Tensor:
     return kind.repeat(t * h)
 
 
-def given_token_mask(task: torch.Tensor, layout: AudibleFrameLayout) -> torch.Tensor:
-    """Per-token "given" mask `B N` for task ids `B`: video given for V2A, audio for A2V, the task token always."""
-    kind = token_kinds(layout).to(task.device)[None]  # 1 N
-    task = task.reshape(-1, 1)
-    return (kind == TASK) | ((kind == VIDEO) & (task == Task.V2A)) | ((kind == AUDIO) & (task == Task.A2V))
+def given_token_mask(generated: AV, layout: AudibleFrameLayout) -> torch.Tensor:
+    """Per-token "given" mask `B N` of a job's generated masks (`[B]` or `[B, F]` per modality, see
+    `diffusion.tasks`): a video or audio token is given where its frame of that modality is not generated; the
+    task token is always given."""
+    t, h, w = layout.grid
+    video, audio = (m.reshape(m.shape[0], -1) for m in (generated.video, generated.audio))
+    if video.shape[1] not in (1, t) or audio.shape[1] not in (1, t):
+        raise ValueError(f"job masks have {video.shape[1]} / {audio.shape[1]} frames; the model has {t}")
+    video, audio = video.expand(-1, t), audio.expand(-1, t)
+    kind = token_kinds(layout).to(video.device).view(1, t, h * w)
+    given = ((kind == VIDEO) & ~video[..., None]) | ((kind == AUDIO) & ~audio[..., None]) | (kind == TASK)
+    return given.reshape(video.shape[0], -1)

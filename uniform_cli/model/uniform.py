@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from uniform_cli.config import ModelConfig
+from uniform_cli.diffusion.tasks import task_of
 from uniform_cli.model.blocks import STDiT3Block
 from uniform_cli.model.layers import (
     CaptionEmbedder,
@@ -121,26 +122,27 @@ class UniForm(nn.Module):
         self,
         x: AV,
         t: torch.Tensor,
-        task: torch.Tensor,
+        generated: AV,
         text: torch.Tensor,
         text_mask: torch.Tensor,
         drop_text: torch.Tensor | None = None,
     ) -> AV:
-        """x: video `B C F H W` and audio `B C T M` latents; t `B` timesteps; task `B` ids (types.Task);
-        text `B L text_dim` with text_mask `B L` (True = real token); drop_text `B` bool, True where the
+        """x: video `B C F H W` and audio `B C T M` latents (clean where given); t `B` timesteps; generated: the
+        job's masks, per modality `[B]` or `[B, F]`, True where generated (`diffusion.tasks`: given frames get
+        t = 0 modulation, and the task token is `task_of(generated)`); text `B L text_dim` with text_mask `B L` (True = real token); drop_text `B` bool, True where the
         text is replaced by the learned null text (classifier-free guidance).
         Returns float32 video and audio outputs with 2C channels per modality (noise, then variance) or C without pred_sigma."""
         lay, cfg = self.layout, self.cfg
         dtype = self.x_embedder.proj.weight.dtype
         b = x.video.shape[0]
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t
-        task = task.reshape(-1).expand(b) if task.numel() == 1 else task
-        if t.shape != (b,) or task.shape != (b,):
-            raise ValueError(f"t and task must have shape ({b},); got {tuple(t.shape)} and {tuple(task.shape)}")
+        if t.shape != (b,):
+            raise ValueError(f"t must have shape ({b},); got {tuple(t.shape)}")
+        task = task_of(generated).to(t.device)
 
         task_block = self.task_embedder(task).view(b, *lay.task_block_shape)
         frames = pack_audible_frames(x.video.to(dtype), x.audio.to(dtype), task_block.to(dtype), lay)
-        given = given_token_mask(task, lay)[..., None]  # B N 1
+        given = given_token_mask(generated, lay)[..., None]  # B N 1
 
         tf, th, tw = lay.grid
         h = self.x_embedder(frames)  # B N D

@@ -19,9 +19,9 @@ import torch
 
 from uniform_cli.atomic import open_append, read_complete, sweep_temp, write_text_atomic
 from uniform_cli.config import Recipe, recipe_to_toml
+from uniform_cli.diffusion.tasks import JOBS
 from uniform_cli.memory import peak_memory_bytes
 from uniform_cli.train.step import (
-    TASK_NAMES,
     NonFiniteLoss,
     StepParts,
     StepResult,
@@ -260,10 +260,10 @@ def keep_metrics_until(path: Path, step: int) -> None:
 
 
 def _metrics(step: int, result: StepResult, batch: int, seconds: float, tokens: int) -> dict[str, Any]:
-    """The metrics.jsonl record of a step: losses overall and per task, gradient norm, lr, speed, memory."""
+    """The metrics.jsonl record of a step: losses overall and per job, gradient norm, lr, speed, memory."""
     record: dict[str, Any] = {"step": step, "loss": result.loss.mean().item()}
-    for t, name in TASK_NAMES.items():
-        sel = result.task == t
+    for i, name in enumerate(JOBS):
+        sel = result.job == i
         if sel.any():
             record[f"loss_{name}"] = result.loss[sel].mean().item()
     record["grad_norm"] = result.grad_norm
@@ -284,7 +284,8 @@ def _save_diagnosis(folder: Path, err: NonFiniteLoss, model: torch.nn.Module, ra
     folder.mkdir(parents=True, exist_ok=True)
     inputs = err.inputs
     tensors = {
-        "x0_video": inputs.x0.video, "x0_audio": inputs.x0.audio, "t": inputs.t, "task": inputs.task,
+        "x0_video": inputs.x0.video, "x0_audio": inputs.x0.audio, "t": inputs.t, "job": inputs.job,
+        "generated_video": inputs.generated.video, "generated_audio": inputs.generated.audio,
         "noise_video": inputs.noise.video, "noise_audio": inputs.noise.audio, "drop_text": inputs.drop_text,
         "text": err.text, "text_mask": err.text_mask,
     }

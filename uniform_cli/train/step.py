@@ -1,7 +1,7 @@
-"""One optimizer step of multitask training (T2AV, A2V and V2A in one model): the step that `uniform train`,
-`benchmarks/train_step.py` and the overfit test all run.
+"""One optimizer step of multitask training (T2AV, A2V, V2A and the span jobs in one model): the step that
+`uniform train`, `benchmarks/train_step.py` and the overfit test all run.
 
-Every random choice of a step (tasks, timesteps, noise, text dropping) comes from a generator seeded by
+Every random choice of a step (jobs and their spans, timesteps, noise, text dropping) comes from a generator seeded by
 (seed, step, micro-batch, rank), so a step depends only on the weights, the batches it reads and where it is in
 the run: what lets a resumed run repeat an uninterrupted one exactly.
 """
@@ -18,6 +18,7 @@ from torch import nn
 from uniform_cli.config import DataConfig, TrainConfig
 from uniform_cli.diffusion.losses import hybrid_loss, noised_input
 from uniform_cli.diffusion.schedule import Schedule
+from uniform_cli.diffusion.tasks import JOBS, SPAN_JOBS, job_masks, task_masks
 from uniform_cli.train.ema import update_ema
 from uniform_cli.types import AV, Task
 
@@ -25,21 +26,25 @@ if TYPE_CHECKING:
     from uniform_cli.latents.loader import LatentBatch
     from uniform_cli.latents.text import TextEncoder
 
-TASK_NAMES = {Task.T2AV: "t2av", Task.A2V: "a2v", Task.V2A: "v2a"}
-
-
 class TrainingError(RuntimeError):
     """Training cannot start or cannot go on; the message says why and what was saved."""
 
 
-def sample_tasks(cfg: DataConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Task ids `B`: one task for the whole batch ("iteration", as the paper) or one per sample."""
-    weights = torch.tensor([cfg.task_weights.get(TASK_NAMES[t], 0.0) for t in Task], dtype=torch.float64)
+def uses_span_jobs(cfg: DataConfig) -> bool:
+    return any(cfg.task_weights.get(name, 0.0) > 0 for name in SPAN_JOBS)
+
+
+def sample_jobs(cfg: DataConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Job ids `B` (indices into `diffusion.tasks.JOBS`): one job for the whole batch ("iteration", as the
+    paper) or one per sample. The draw is over the paper's three tasks alone unless a span job has weight, so
+    a recipe without span jobs draws exactly what it drew before they existed."""
+    names = JOBS if uses_span_jobs(cfg) else JOBS[: len(Task)]
+    weights = torch.tensor([cfg.task_weights.get(name, 0.0) for name in names], dtype=torch.float64)
     if weights.sum() <= 0:
-        raise TrainingError("data.task_weights gives every task weight 0")
+        raise TrainingError("data.task_weights gives every job weight 0")
     draws = 1 if cfg.task_sampling == "iteration" else batch
-    tasks = torch.multinomial(weights, draws, replacement=True, generator=generator)
-    return tasks.expand(batch).clone() if draws == 1 else tasks
+    jobs = torch.multinomial(weights, draws, replacement=True, generator=generator)
+    return jobs.expand(batch).clone() if draws == 1 else jobs
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -53,20 +58,25 @@ class StepInputs:
 
     x0: AV
     t: torch.Tensor
-    task: torch.Tensor
+    job: torch.Tensor
+    """`B` job ids (indices into `diffusion.tasks.JOBS`)."""
+    generated: AV
+    """The jobs' masks, `[B, F]` per modality."""
     noise: AV
     drop_text: torch.Tensor
 
 
 def draw_step_inputs(x0: AV, data: DataConfig, num_timesteps: int, g: torch.Generator) -> StepInputs:
-    """Tasks, timesteps, noise and text dropping for a batch of clean latents (drawn on the CPU, then moved)."""
-    b = x0.batch_size
-    task = sample_tasks(data, b, g)
+    """Jobs, timesteps, noise, text dropping and the jobs' spans for a batch of clean latents (drawn on the CPU,
+    in that order, then moved)."""
+    b, frames = x0.batch_size, x0.video.shape[2]
+    job = sample_jobs(data, b, g)
     t = torch.randint(0, num_timesteps, (b,), generator=g)
     noise = x0.map(lambda x: torch.randn(x.shape, generator=g))
     drop = torch.rand(b, generator=g) < data.text_drop
+    generated = job_masks(job, frames, g) if uses_span_jobs(data) else task_masks(job, frames)
     dev = x0.video.device
-    return StepInputs(x0, t.to(dev), task.to(dev), noise.to(dev), drop.to(dev))
+    return StepInputs(x0, t.to(dev), job.to(dev), generated.to(dev), noise.to(dev), drop.to(dev))
 
 
 @dataclass
@@ -83,7 +93,7 @@ class StepParts:
     train: TrainConfig
     """Seed, precision and EMA decay."""
     data: DataConfig
-    """Task weights, task sampling and text dropping."""
+    """Job weights, job sampling and text dropping."""
     rank: int
     """This process's rank (it seeds the step's generators)."""
     device: torch.device
@@ -105,8 +115,8 @@ class StepResult:
 
     loss: torch.Tensor
     """`B` the hybrid loss of each sample the step read (all its micro-batches)."""
-    task: torch.Tensor
-    """`B` the task of each of those samples."""
+    job: torch.Tensor
+    """`B` the job of each of those samples (indices into `diffusion.tasks.JOBS`)."""
     grad_norm: float
     """Norm of the gradient the optimizer stepped with, before clipping (nan where DeepSpeed keeps none)."""
     lr: float
@@ -127,7 +137,7 @@ class NonFiniteLoss(TrainingError):
 
 def forward_backward(parts: StepParts, batch: LatentBatch, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, masked hybrid loss and backward of micro-batch `micro` of `step`; returns its per-sample loss `B`
-    (detached) and tasks `B`. Raises NonFiniteLoss on every rank when the loss of any rank is not finite."""
+    (detached) and job ids `B`. Raises NonFiniteLoss on every rank when the loss of any rank is not finite."""
     device, dtype, engine = parts.device, parts.dtype, parts.engine
     x0 = batch.latents.to(device=device, dtype=torch.float32)
     g = step_generator(parts.train.seed, step, micro, parts.rank)
@@ -140,15 +150,15 @@ def forward_backward(parts: StepParts, batch: LatentBatch, step: int, micro: int
         text, text_mask = parts.text_encoder(batch.captions)
     else:
         text, text_mask = batch.text, batch.text_mask
-    x_t = noised_input(parts.schedule, inputs.x0, inputs.t, inputs.noise, inputs.task)
-    out = engine(x_t.to(dtype=dtype), inputs.t, inputs.task, text.to(device, dtype), text_mask.to(device),
+    x_t = noised_input(parts.schedule, inputs.x0, inputs.t, inputs.noise, inputs.generated)
+    out = engine(x_t.to(dtype=dtype), inputs.t, inputs.generated, text.to(device, dtype), text_mask.to(device),
                  inputs.drop_text)
-    terms = hybrid_loss(parts.schedule, inputs.x0, inputs.t, inputs.noise, out, inputs.task)
+    terms = hybrid_loss(parts.schedule, inputs.x0, inputs.t, inputs.noise, out, inputs.generated)
     loss = terms.loss.mean()
     if any_rank(not torch.isfinite(loss).item(), device):  # every rank stops at the same micro-batch
         raise NonFiniteLoss(step, loss.item(), inputs, text, text_mask)
     engine.backward(loss)
-    return terms.loss.detach(), inputs.task
+    return terms.loss.detach(), inputs.job
 
 
 def train_step(parts: StepParts, batches: Iterator[LatentBatch], step: int) -> StepResult:
@@ -156,22 +166,22 @@ def train_step(parts: StepParts, batches: Iterator[LatentBatch], step: int) -> S
     `engine.gradient_accumulation_steps()` batches from `batches`, the optimizer step, then the EMA update."""
     engine = parts.engine
     accum = engine.gradient_accumulation_steps()
-    losses, tasks = [], []
+    losses, jobs = [], []
     local_norm = None
     for micro in range(accum):
-        loss, task = forward_backward(parts, next(batches), step, micro)
+        loss, job = forward_backward(parts, next(batches), step, micro)
         if micro == accum - 1:
             local_norm = _local_grad_norm(engine.module)  # before step() clears the gradients
         engine.step()  # DeepSpeed counts micro-batches and steps the optimizer after the last one
         losses.append(loss)
-        tasks.append(task)
+        jobs.append(job)
     update_ema(parts.ema, engine.module, parts.train.ema_decay)
     norm = engine.get_global_grad_norm()
     if norm is None:  # plain (non-ZeRO) fp32 path: DeepSpeed does not keep the norm
         norm = local_norm
     return StepResult(
         loss=torch.cat(losses),
-        task=torch.cat(tasks),
+        job=torch.cat(jobs),
         grad_norm=float("nan") if norm is None else float(norm),
         lr=engine.get_lr()[0],
     )
