@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import wave
 from pathlib import Path
@@ -44,26 +45,30 @@ def test_mixed_tasks_end_to_end_then_resume(tmp_path, checkpoint, media):
                     "--cfg-video", "2.5", "--cfg-audio", "1.5", "--device", "cpu")
     assert result.exit_code == 0, result.output
 
-    for name in ("dog", "scene", "drums"):
-        frames, fps = read_video(out / f"{name}.mp4")
-        assert frames.shape == (68, TINY_SIZE, TINY_SIZE, 3) and fps == 17
-        sound, rate = read_audio(out / f"{name}.mp4")
-        assert rate == 16000 and abs(len(sound) / rate - 4.0) < 0.1  # AAC pads to whole 1024-sample frames
+    # Each output is as long as its given media (T2AV: the recipe's 4 s), to the frame and the sample: the 5 s
+    # video gives 85 frames (5 s), the 4.5 s sound 76 frames and 72,000 samples.
+    for name, seconds, samples in (("dog", 4.0, 64000), ("scene", 5.0, 80000), ("drums", 4.5, 72000)):
         with wave.open(str(out / f"{name}.wav")) as w:
-            assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 64000)
+            assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, samples)
+        sound, rate = read_audio(out / f"{name}.mp4")
+        assert rate == 16000 and abs(len(sound) / rate - seconds) < 0.1  # AAC pads to whole 1024-sample frames
+    for name, frames_wanted in (("dog", 68), ("drums", 76)):
+        frames, fps = read_video(out / f"{name}.mp4")
+        assert frames.shape == (frames_wanted, TINY_SIZE, TINY_SIZE, 3) and fps == 17
 
-    # V2A keeps the prepared input frames (the mp4 is H.264, so a few levels of difference at most) ...
-    given_frames = prepare_media(media["video"], SPEC, audio=False).video
-    v2a_frames, _ = read_video(out / "scene.mp4")
-    assert np.abs(v2a_frames.astype(int) - given_frames).mean() < 4
+    # V2A keeps the user's own video: the same 25 fps 160x120 frames, copied, under the new sound ...
+    source_frames, source_fps = read_video(media["video"])
+    v2a_frames, v2a_fps = read_video(out / "scene.mp4")
+    assert v2a_fps == source_fps == 25 and np.array_equal(v2a_frames, source_frames)
     t2av_frames, _ = read_video(out / "dog.mp4")
+    given_frames = prepare_media(media["video"], SPEC, audio=False).video
     assert np.abs(t2av_frames.astype(int) - given_frames).mean() > 20  # generated frames are something else
-    # ... and A2V keeps the prepared input audio (the wav is 16-bit PCM).
-    given_wave = prepare_media(media["audio"], SPEC, video=False).audio
+    # ... and A2V keeps the prepared input audio, all 4.5 s of it (the wav is 16-bit PCM).
+    given_wave = prepare_media(media["audio"], dataclasses.replace(SPEC, seconds=4.5), video=False).audio
     a2v_wave, _ = read_audio(out / "drums.wav")
     np.testing.assert_allclose(a2v_wave, given_wave, atol=1.0 / 16000)
     v2a_wave, _ = read_audio(out / "scene.wav")
-    assert np.abs(v2a_wave - given_wave).max() > 0.05
+    assert np.abs(v2a_wave[:64000] - given_wave[:64000]).max() > 0.05
 
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     by_id = {line["id"]: line for line in lines}
@@ -107,16 +112,39 @@ def test_bad_csv_lists_every_problem_and_writes_nothing(tmp_path, checkpoint, me
         f"x5,rain,v2a,{media['audio']},,",        # a video file without a video stream
         "x6,rain,a2v,,data:audio/wav,",  # a scheme, not a file
     ])
+    with open(prompts, "a") as f:  # the columns of jobs of any span and length
+        f.write(f"x7,,extend,{media['video']},,\n"          # extend without seconds
+                f"x8,,retake,{media['video']},,\n"          # retake without a span
+                f"x9,,i2av,,,\n")                           # i2av without an image
+    spans = write_csv(tmp_path / "spans.csv", [
+        "id,text,task,video,audio,image,seconds,span,modality,color",
+        f"s1,,retake,{media['video']},,,,4-9,audio,",     # a span past the media's end
+        f"s2,,extend,{media['video']},,,3,,,",            # seconds below the given part
+        f"s3,,v2a,{media['video']},,,7,,,",               # seconds beyond the video
+        f"s4,,retake,{media['video']},,,,1-2,loud,",      # an unknown modality
+        f"s5,,extend,{media['audio']},,,9,,,",            # extend of a file with no picture
+    ])
     out = tmp_path / "out"
     result = invoke(prompts, "--checkpoint", checkpoint, "--out", out, "--device", "cpu")
     assert result.exit_code == 2
     text = " ".join(result.output.split())
-    assert "8 problem(s)" in text
+    assert "11 problem(s)" in text
     for needle in ("line 3 (id 'ok'): duplicate id 'ok'", "line 4 (id 'x1'): unknown task 't2x'",
-                   "line 5 (id 'x2'): task v2a needs a video", "line 6 (id 'x3'): audio file",
+                   "line 5 (id 'x2'): v2a needs a video", "line 6 (id 'x3'): audio file",
                    "missing.wav does not exist", "line 7 (id 'x4'): seed 'seven'",
                    "line 8 (id '../evil'): id '../evil' is not safe", "line 9 (id 'x5'):", "has no video stream",
-                   "line 10 (id 'x6'): audio 'data:audio/wav' is a URL"):
+                   "line 10 (id 'x6'): audio 'data:audio/wav' is a URL", "line 11 (id 'x7'): extend needs the output length",
+                   "line 12 (id 'x8'): retake needs a span", "line 13 (id 'x9'): i2av needs an image"):
+        assert needle in text, needle
+    assert not out.exists()
+    result = invoke(spans, "--checkpoint", checkpoint, "--out", out, "--device", "cpu")
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    for needle in ("unknown column 'color'", "line 2 (id 's1'): span 4-9 is not inside the output (0-5.00 s)",
+                   "line 3 (id 's2'): seconds 3 is not longer than the video (5.00 s)",
+                   "line 4 (id 's3'): seconds 7 is longer than the given media (5.00 s)",
+                   "line 5 (id 's4'): modality must be one of audio, video, both, not 'loud'",
+                   "line 6 (id 's5'):", "has no video stream"):
         assert needle in text, needle
     assert not out.exists()
 

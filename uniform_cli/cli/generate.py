@@ -1,4 +1,5 @@
-"""`uniform generate`: render audible videos from a prompts CSV with a trained checkpoint (T2AV, A2V, V2A)."""
+"""`uniform generate`: render audible videos from a prompts CSV with a trained checkpoint (T2AV, A2V, V2A,
+extend, retake, I2AV; any length)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ SAMPLER_NAMES = typing.get_args(Sampler)
 
 
 def main(
-    prompts: Path = typer.Argument(..., help="CSV with columns id,text and optionally task,video,audio,seed."),
+    prompts: Path = typer.Argument(
+        ..., help="CSV with columns id,text and optionally task,video,audio,image,seconds,span,modality,seed."
+    ),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint folder, e.g. runs/NAME/checkpoints/latest."),
-    task: str = typer.Option("t2av", "--task", help="Task of rows without a 'task' cell: t2av, a2v or v2a."),
+    task: str = typer.Option(
+        "t2av", "--task", help="Task of rows without a 'task' cell: t2av, a2v, v2a, extend, retake or i2av."
+    ),
     out: Path = typer.Option(Path("outputs"), "--out", help="Output folder for {id}.mp4, {id}.wav, results.jsonl."),
     sampler: Optional[str] = typer.Option(
         None, "--sampler", help=f"{', '.join(SAMPLER_NAMES)} (default: the checkpoint's)."
@@ -43,13 +48,19 @@ def main(
         None, "--audio-vae", help="AudioLDM folder or hub id, or 'mel' (weight-free); overrides the recipe."
     ),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder folder or hub id; 'none' for no text."),
+    overlap: int = typer.Option(1, "--overlap", help="Whole seconds each window of a long output shares with the last."),
+    model_format: bool = typer.Option(
+        False, "--model-format", help="Write every mp4 at the model's format (V2A rows otherwise keep their own video)."
+    ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks (long runs on GPUs)."),
 ) -> None:
     """Generate {id}.mp4 (H.264 + AAC) and {id}.wav per CSV row, and one results.jsonl line per clip.
 
-    Given media (video for v2a rows, audio for a2v rows; paths relative to the CSV) are prepared like
-    `uniform clip` does, held fixed, and carried into the output unchanged. Every row is checked first;
-    all problems are reported together and nothing is written.
+    Given media (video for v2a, extend and retake rows, audio for a2v rows, an image for i2av rows; paths
+    relative to the CSV) are prepared like `uniform clip` does, held fixed, and carried into the output
+    unchanged; outputs of any length (the 'seconds' column) are made in windows of the model's clip. V2A rows
+    keep the given video stream itself, with the new sound. Every row is checked first; all problems are
+    reported together and nothing is written.
 
     \b
     Example: uniform generate prompts.csv --task v2a --checkpoint runs/multitask/checkpoints/latest --steps 25
@@ -61,6 +72,7 @@ def main(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from uniform_cli.config import with_codec_overrides
+    from uniform_cli.generate.jobs import TASKS
     from uniform_cli.generate.pipeline import PipelineError, UniFormPipeline, read_checkpoint_recipe, resolve_checkpoint
     from uniform_cli.generate.results import merge_results
     from uniform_cli.generate.runner import PromptsError, RunOptions, generate_items, plan, read_prompts, select
@@ -68,7 +80,6 @@ def main(
     from uniform_cli.pretrained import PretrainedError
     from uniform_cli.progress import LogProgress
     from uniform_cli.stage import parse_part
-    from uniform_cli.types import Task
 
     console = Console(stderr=True, soft_wrap=True)
     if guidance is not None and (cfg_video is not None or cfg_audio is not None):
@@ -82,7 +93,9 @@ def main(
     if sampler is not None and sampler not in SAMPLER_NAMES:
         fail(f"--sampler must be one of {', '.join(SAMPLER_NAMES)}, not {sampler!r}", USAGE)
     try:
-        default_task = Task.parse(task)
+        default_task = task.strip().lower()
+        if default_task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
         part = parse_part(part)
         folder = resolve_checkpoint(checkpoint)
         recipe = read_checkpoint_recipe(folder)
@@ -97,6 +110,8 @@ def main(
         cfg_video=guidance if guidance is not None else cfg_video,
         cfg_audio=guidance if guidance is not None else cfg_audio,
         batch_size=batch_size or recipe.generate.batch_size,
+        overlap=overlap,
+        model_format=model_format,
     )
     chosen = select(items, part, out, skip_existing, options, recipe.generate)
     todo, skipped = chosen.todo, chosen.skipped
@@ -156,6 +171,8 @@ def _summary(console, report, skipped: int, out: Path, pipe) -> None:
     if report.failed:
         table.add_row("failed", str(len(report.failed)))
     console.print(table)
+    for note in report.notes[:20]:
+        console.print(f"  {note}", markup=False, highlight=False)
     for name, error in list(report.failed.items())[:10]:
         console.print(f"  [red]{escape(name)}[/red]: {escape(str(error))}", highlight=False)
     if report.clip_seconds:

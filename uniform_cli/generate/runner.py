@@ -1,13 +1,22 @@
 """The batch runner behind `uniform generate`: a prompts CSV in, `{id}.mp4` + `{id}.wav` + results.jsonl out.
 
-    id,text,task,video,audio,seed
-    dog,a dog barks,t2av,,,
-    rain,,v2a,clips/rain.mkv,,7
-    drum,a drummer plays,a2v,,sounds/drum.flac,
+    id,text,task,video,audio,image,seconds,span,modality,seed
+    dog,a dog barks,t2av,,,,,,,
+    rain,,v2a,clips/rain.mkv,,,,,,7
+    drum,a drummer plays,a2v,,sounds/drum.flac,,,,,
+    more,,extend,clips/street.mp4,,,12,,,
+    fix,,retake,clips/street.mp4,,,,2-3,audio,
+    still,a kite in the wind,i2av,,,photos/kite.jpg,6,,,
 
-`task` (t2av, a2v, v2a) overrides `--task` per row; `video` is needed by V2A rows and `audio` by A2V rows (media
-paths relative to the CSV's folder, in any container, codec, fps or sample rate: they are prepared like
-`uniform clip` does). Every row is checked before any work and all problems are reported together.
+`task` (t2av, a2v, v2a, extend, retake, i2av; `generate.jobs`) overrides `--task` per row; `seconds` is the
+output length (default: the given media's own length for v2a, a2v and retake, the recipe's clip length for
+t2av and i2av; extend needs it); `span` (`START-END` seconds) and `modality` (audio, video or both) say what a
+retake redoes; `image` is the first frame of an i2av row. Media paths are relative to the CSV's folder, in any
+container, codec, fps or sample rate: they are prepared like `uniform clip` does. Every row is checked before
+any work (a column the runner does not know is a problem too) and all problems are reported together.
+
+V2A rows and audio-only retakes keep the user's own video: their `{id}.mp4` holds the given video stream
+copied as it is with the generated sound (`media.mux`); `--model-format` writes the model's own format instead.
 
 Each output is written atomically, then its JSON line goes to `results.jsonl` (`results.part-I-of-N.jsonl` for
 `--part I/N`), one line per output: generating an output again replaces its line. An output counts as done when its
@@ -28,14 +37,14 @@ from typing import Callable, Iterable, Iterator
 
 from uniform_cli.atomic import sweep_temp
 from uniform_cli.config import ClipSpec
+from uniform_cli.generate.jobs import TASKS, Job, check_job, parse_span
 from uniform_cli.generate.results import ResultsFile, read_results, results_path
 from uniform_cli.media.io import URL_SCHEME
 from uniform_cli.memory import peak_memory_bytes
 from uniform_cli.stage import Part
-from uniform_cli.types import Task
 
 REQUIRED_COLUMNS = ("id", "text")
-OPTIONAL_COLUMNS = ("task", "video", "audio", "seed")
+OPTIONAL_COLUMNS = ("task", "video", "audio", "image", "seconds", "span", "modality", "seed")
 MAX_SEED = 2**63 - 1
 _SAFE_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,199}")
 
@@ -55,11 +64,21 @@ class PromptRow:
 
     id: str
     text: str
-    task: Task
+    task: str
+    """One of `generate.jobs.TASKS`."""
     video: Path | None
     audio: Path | None
     seed: int | None
     line: int
+    image: Path | None = None
+    seconds: float | None = None
+    """The output length asked for (None: the task's default)."""
+    span: tuple[float, float] | None = None
+    modality: str = "both"
+    source_seconds: float | None = None
+    """Length of the given media (the shorter stream of an audible video), as probed."""
+    length: float = 0.0
+    """The output length the row will have."""
 
 
 @dataclass(frozen=True)
@@ -78,32 +97,32 @@ def default_seed(base: int, row_id: str) -> int:
     return (base + zlib.crc32(row_id.encode())) % (MAX_SEED + 1)
 
 
-def _check_media(path: Path, needs: str, spec: ClipSpec | None) -> str | None:
-    """A reason why `path` cannot give `needs` ("video"/"audio") for a clip of `spec`, or None."""
+def _probe(path: Path, needs: str) -> tuple[float | None, float | None, str | None]:
+    """(video seconds, audio seconds, problem) of a media file that must have a `needs` stream."""
     from uniform_cli.media.prepare import PrepareError, probe
 
     if not path.is_file():
-        return f"{needs} file {path} does not exist"
+        return None, None, f"{needs} file {path} does not exist"
     try:
         info = probe(path)
     except PrepareError as e:
-        return f"{needs} file {path} cannot be read: {e}"
+        return None, None, f"{needs} file {path} cannot be read: {e}"
     if needs == "video" and not info.width:
-        return f"{path} has no video stream"
+        return None, None, f"{path} has no video stream"
     if needs == "audio" and not info.audio_rate:
-        return f"{path} has no audio stream"
-    if spec is not None and info.duration and info.duration + 1.0 / spec.fps < spec.seconds:
-        return f"{path} lasts {info.duration:.2f} s; a clip needs {spec.seconds:g} s"
-    return None
+        return None, None, f"{path} has no audio stream"
+    if not info.duration:
+        return None, None, f"{path}: its length is unknown (remux it, e.g. with ffmpeg -c copy)"
+    return (info.duration if info.width else None), (info.duration if info.audio_rate else None), None
 
 
-def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpec | None = None,
-                 check_media: bool = True) -> list[PromptRow]:
+def read_prompts(path: str | Path, default_task: str = "t2av", spec: ClipSpec = ClipSpec()) -> list[PromptRow]:
     """Read and check every row of a prompts CSV; raise PromptsError listing all problems at once.
 
-    Checks: the header has id and text; ids are present, unique and safe as file names; tasks are known;
-    V2A rows name a video and A2V rows an audio file that exists, has that stream and (with `spec`) lasts
-    long enough; seeds are integers in [0, 2^63).
+    Checks: the header has id and text and no column the runner does not know; ids are present, unique and
+    safe as file names; tasks are known; each row names the media its task needs, which exist and have the
+    streams it needs; `seconds`, `span` and `modality` make sense for the task and the
+    media's length (`generate.jobs.check_job`); seeds are integers in [0, 2^63).
     """
     path = Path(path)
     if not path.is_file():
@@ -121,6 +140,8 @@ def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpe
     problems += [f"column '{c}' appears more than once in the header" for c in duplicated]
     if problems:
         raise PromptsError(path, problems)
+    known = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)  # reported beside the rows' problems
+    problems += [f"unknown column '{c}' (known: {', '.join(known)})" for c in header if c and c not in known]
     col = {name: header.index(name) for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in header}
     base = path.parent
     rows: list[PromptRow] = []
@@ -150,13 +171,10 @@ def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpe
             problems.append(f"{where}: duplicate id {row_id!r} (first on line {first_line[row_id]})")
         else:
             first_line[row_id] = line
-        task = default_task
-        if cell("task"):
-            try:
-                task = Task.parse(cell("task"))
-            except ValueError as e:
-                problems.append(f"{where}: {e}")
-                task = None
+        task = (cell("task") or default_task).lower()
+        if task not in TASKS:
+            problems.append(f"{where}: unknown task {task!r}; choose one of {', '.join(TASKS)}")
+            continue
         seed = None
         if cell("seed"):
             try:
@@ -165,22 +183,47 @@ def read_prompts(path: str | Path, default_task: Task = Task.T2AV, spec: ClipSpe
                     raise ValueError
             except ValueError:
                 problems.append(f"{where}: seed {cell('seed')!r} is not an integer in [0, 2^63)")
-        media: dict[str, Path | None] = {}
-        for kind, needed_by in (("video", Task.V2A), ("audio", Task.A2V)):
-            media[kind] = (base / cell(kind)).expanduser() if cell(kind) else None
+        seconds = span = None
+        try:
+            seconds = float(cell("seconds")) if cell("seconds") else None
+        except ValueError:
+            problems.append(f"{where}: seconds {cell('seconds')!r} is not a number")
+        try:
+            span = parse_span(cell("span")) if cell("span") else None
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
+        modality = (cell("modality") or "both").lower()
+        needs = {"a2v": ("audio",), "v2a": ("video",), "extend": ("video",), "retake": ("video",),
+                 "i2av": ("image",)}.get(task, ())
+        paths: dict[str, Path | None] = {}
+        lengths: dict[str, float | None] = {"video": None, "audio": None}
+        reported = len(problems)
+        for kind in ("video", "audio", "image"):
+            paths[kind] = (base / cell(kind)).expanduser() if cell(kind) else None
             if URL_SCHEME.match(cell(kind)):
                 problems.append(f"{where}: {kind} {cell(kind)!r} is a URL, not a file; give a local path")
-                continue
-            if task != needed_by:
-                continue
-            if media[kind] is None:
-                problems.append(f"{where}: task {needed_by.name.lower()} needs a {kind} file (the '{kind}' column)")
-            elif check_media:
-                reason = _check_media(media[kind], kind, spec)
-                if reason:
-                    problems.append(f"{where}: {reason}")
-        if task is not None:
-            rows.append(PromptRow(row_id, cell("text"), task, media["video"], media["audio"], seed, line))
+                paths[kind] = None
+            elif kind in needs and paths[kind] is not None:
+                if kind == "image":
+                    if not paths[kind].is_file():
+                        problems.append(f"{where}: image file {paths[kind]} does not exist")
+                    continue
+                video_s, audio_s, problem = _probe(paths[kind], kind)
+                if problem:
+                    problems.append(f"{where}: {problem}")
+                    paths[kind] = None
+                    continue
+                lengths[kind] = video_s if kind == "video" else audio_s
+                if task in ("extend", "retake"):  # an audible video: its sound comes from the same file
+                    lengths["audio"] = audio_s
+        length, job_problems = check_job(task, spec, seconds=seconds, video_seconds=lengths["video"],
+                                         audio_seconds=lengths["audio"], has_image=paths["image"] is not None,
+                                         span=span, modality=modality)
+        if len(problems) == reported:  # a row whose media could not be read has said so already
+            problems += [f"{where}: {p}" for p in job_problems]
+        source = min((x for x in lengths.values() if x is not None), default=None)
+        rows.append(PromptRow(row_id, cell("text"), task, paths["video"], paths["audio"], seed, line,
+                              paths["image"], seconds, span, modality, source, length))
     if not rows and not problems:
         problems.append("no rows: add one line per clip under the header")
     if problems:
@@ -219,14 +262,20 @@ def settings_of(item: "WorkItem", options: "RunOptions", defaults) -> dict:
     row = item.row
     return {
         "text": row.text,
-        "task": row.task.name.lower(),
-        "video": str(row.video) if row.task == Task.V2A else None,
-        "audio": str(row.audio) if row.task == Task.A2V else None,
+        "task": row.task,
+        "video": str(row.video) if row.video else None,
+        "audio": str(row.audio) if row.audio else None,
+        "image": str(row.image) if row.image else None,
+        "seconds": row.length,
+        "span": list(row.span) if row.task == "retake" else None,
+        "modality": row.modality if row.task == "retake" else None,
         "seed": item.seed,
         "sampler": options.sampler or defaults.sampler,
         "steps": options.steps or defaults.steps,
         "cfg_video": defaults.cfg_video if options.cfg_video is None else options.cfg_video,
         "cfg_audio": defaults.cfg_audio if options.cfg_audio is None else options.cfg_audio,
+        "overlap": options.overlap,
+        "model_format": options.model_format,
     }
 
 
@@ -242,6 +291,10 @@ class RunOptions:
     cfg_video: float | None = None
     cfg_audio: float | None = None
     batch_size: int = 4
+    overlap: int = 1
+    """Whole seconds each window shares with what is already made."""
+    model_format: bool = False
+    """Write every mp4 at the model's format (else V2A rows and audio-only retakes keep the user's video)."""
 
 
 @dataclass
@@ -253,6 +306,8 @@ class RunReport:
     seconds: float = 0.0
     clip_seconds: list[float] = field(default_factory=list)
     """End-to-end seconds per generated clip (its share of the batch, plus writing)."""
+    notes: list[str] = field(default_factory=list)
+    """Given media that were cut or padded, one line per output."""
 
 
 def batches(items: list[WorkItem], size: int) -> Iterator[list[WorkItem]]:
@@ -260,16 +315,57 @@ def batches(items: list[WorkItem], size: int) -> Iterator[list[WorkItem]]:
         yield items[start : start + size]
 
 
-def _prepare(item: WorkItem, spec: ClipSpec):
-    """The given media of one item (prepared frames for V2A, prepared wave for A2V)."""
+def _prepare(item: WorkItem, spec: ClipSpec) -> tuple[Job, str | None]:
+    """The item's job with its given media prepared at the clip format, and a note when media were cut or
+    padded (None otherwise)."""
+    import dataclasses
+
     from uniform_cli.media.prepare import prepare_media
 
     row = item.row
-    if row.task == Task.V2A:
-        return prepare_media(row.video, spec, video=True, audio=False).video, None
-    if row.task == Task.A2V:
-        return None, prepare_media(row.audio, spec, video=False, audio=True).audio
-    return None, None
+    job = Job(row.text, row.task, seconds=row.seconds, span=row.span, modality=row.modality)
+    note = None
+    if row.task == "i2av":
+        job.image = read_image(row.image, spec.size)
+    elif row.task != "t2av":
+        path = row.audio if row.task == "a2v" else row.video
+        used = row.source_seconds if row.task == "extend" else row.length
+        clip = prepare_media(path, dataclasses.replace(spec, seconds=used), video=row.task != "a2v",
+                             audio=row.task != "v2a", allow_short=True)
+        job.video, job.audio = clip.video, clip.audio
+        if row.task in ("v2a", "a2v", "retake") and job.seconds is None:
+            job.seconds = len(clip.audio) / spec.sample_rate if row.task == "a2v" else len(clip.video) / spec.fps
+        if used < row.source_seconds - 1.0 / spec.fps:
+            note = f"{item.name}: used 0-{used:.2f} s of {path.name} ({row.source_seconds:.2f} s)"
+        if clip.padded:
+            note = f"{item.name}: {path.name} was padded ({clip.padded})"
+    return job, note
+
+
+def _segment(row: PromptRow) -> list[float] | None:
+    """Seconds `[start, end]` of the given media the output used (None without given media)."""
+    if row.source_seconds is None:
+        return None
+    return [0.0, round(row.source_seconds if row.task == "extend" else min(row.length, row.source_seconds), 3)]
+
+
+def read_image(path: Path, size: int):
+    """An image file as uint8 `size size 3`: short side scaled to `size`, then centre-cropped (as clips are)."""
+    import numpy as np
+    from PIL import Image
+
+    from uniform_cli.media.io import MediaError, local_file
+
+    try:
+        with Image.open(local_file(path)) as image:
+            image = image.convert("RGB")
+            scale = size / min(image.size)
+            w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+            image = image.resize((w, h), Image.Resampling.BICUBIC)
+            left, top = (w - size) // 2, (h - size) // 2
+            return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except OSError as e:
+        raise MediaError(f"{path}: cannot read the image: {e}") from None
 
 
 def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOptions, part: Part = Part(),
@@ -277,7 +373,9 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
               on_step: Callable[[int, int], None] | None = None) -> RunReport:
     """Generate `items` in batches of `options.batch_size` with `pipeline`; write each clip's mp4 and wav, then
     its results line. A row whose media cannot be prepared fails alone (recorded in the report)."""
+    from uniform_cli.generate.pipeline import PipelineError
     from uniform_cli.media.io import MediaError, write_mp4, write_wav
+    from uniform_cli.media.mux import mux_audio_onto
     from uniform_cli.stage import StageError
 
     out_dir = Path(out_dir)
@@ -287,41 +385,47 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
     results = ResultsFile(results_path(out_dir, part))
     spec = pipeline.spec
     for batch in batches(items, options.batch_size):
-        ready, videos, audios = [], [], []
+        ready, jobs = [], []
         for item in batch:
             try:
-                video, audio = _prepare(item, spec)
+                job, note = _prepare(item, spec)
             except (StageError, MediaError) as e:
                 report.failed[item.name] = str(e)
                 continue
+            if note:
+                report.notes.append(note)
             ready.append(item)
-            videos.append(video)
-            audios.append(audio)
+            jobs.append(job)
         if ready:
-            out = pipeline(
-                [item.row.text for item in ready],
-                [item.row.task for item in ready],
-                video=videos,
-                audio=audios,
-                sampler=options.sampler,
-                steps=options.steps,
-                cfg_video=options.cfg_video,
-                cfg_audio=options.cfg_audio,
-                seed=[item.seed for item in ready],
-                progress=on_step,
-            )
+            try:
+                out = pipeline.generate(jobs, sampler=options.sampler, steps=options.steps,
+                                        cfg_video=options.cfg_video, cfg_audio=options.cfg_audio,
+                                        seed=[item.seed for item in ready], overlap=options.overlap,
+                                        progress=on_step)
+            except PipelineError as e:  # a job the whole-CSV check let through (media shorter than probed)
+                for item in ready:
+                    report.failed[item.name] = str(e)
+                ready = []
             peak, peak_kind = peak_memory_bytes(pipeline.device)
-            share = {k: v / len(ready) for k, v in out.timings.items()}
+            share = {k: v / max(len(ready), 1) for k, v in out.timings.items()} if ready else {}
             for i, item in enumerate(ready):
                 clock = time.perf_counter()
-                write_wav(out_dir / f"{item.name}.wav", out.wave[i], out.sample_rate)
-                write_mp4(out_dir / f"{item.name}.mp4", out.frames[i], out.fps, audio=out.wave[i],
-                          sample_rate=out.sample_rate)
+                wav, mp4 = out_dir / f"{item.name}.wav", out_dir / f"{item.name}.mp4"
+                write_wav(wav, out.wave[i], out.sample_rate)
+                keeps_video = item.row.task == "v2a" or (item.row.task == "retake" and item.row.modality == "audio")
+                if keeps_video and not options.model_format:
+                    mux_audio_onto(item.row.video, mp4, out.wave[i], out.sample_rate, seconds=len(out.wave[i]) / out.sample_rate)
+                else:
+                    write_mp4(mp4, out.frames[i], out.fps, audio=out.wave[i], sample_rate=out.sample_rate)
                 write = time.perf_counter() - clock
                 timings = {k: round(v, 4) for k, v in share.items()}
                 timings["write"] = round(write, 4)
                 timings["total"] = round(share["total"] + write, 4)
-                results.write(_record(pipeline, item, options, timings, len(ready), peak, peak_kind))
+                record = _record(pipeline, item, options, timings, len(ready), peak, peak_kind)
+                record.update(num_frames=len(out.frames[i]), num_samples=len(out.wave[i]), windows=out.windows[i],
+                              source_seconds=item.row.source_seconds, segment=_segment(item.row),
+                              own_video=keeps_video and not options.model_format)
+                results.write(record)
                 report.generated.append(item.name)
                 report.clip_seconds.append(timings["total"])
         if on_batch:

@@ -11,7 +11,6 @@ Shapes at the paper's settings: wave `B 64000` -> mel `B 400 64` -> latent `B 8 
 from __future__ import annotations
 
 import importlib.util
-
 import math
 from pathlib import Path
 
