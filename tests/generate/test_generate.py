@@ -188,3 +188,39 @@ def test_a_full_disk_is_a_clear_stop_with_nothing_half_written(tmp_path, checkpo
         assert result.exit_code == 1 and "No space left on device" in result.output
         assert "Traceback" not in result.output
         assert [p.name for p in (full / "out").iterdir()] == []  # no output under a final name, no temp file
+
+
+def test_span_jobs_through_the_cli_and_cut_inputs_are_said(tmp_path, checkpoint, media):
+    from PIL import Image
+
+    Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(tmp_path / "still.png")
+    prompts = write_csv(tmp_path / "spans.csv", [
+        "id,text,task,video,audio,image,seconds,span,modality",
+        f"more,,extend,{media['video']},,,6,,",
+        f"redo,,retake,{media['video']},,,,1-2,audio",
+        "kite,a kite,i2av,,,still.png,,,",
+        f"cut,,v2a,{media['video']},,,3,,",
+    ])
+    out = tmp_path / "out"
+    result = invoke(prompts, "--checkpoint", checkpoint, "--out", out, "--steps", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "cut: used 0-3.00 s of scene.mp4 (5.00 s)" in text  # trimming is never silent
+    by_id = {r["id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert by_id["cut"]["segment"] == [0.0, 3.0] and by_id["cut"]["source_seconds"] == 5.0
+    assert (by_id["more"]["num_frames"], by_id["more"]["num_samples"]) == (102, 96000)
+    assert by_id["more"]["windows"] == [2]  # one window, 2-6 s: the given 2-5 s, then the new second
+    given = prepare_media(media["video"], dataclasses.replace(SPEC, seconds=5.0))
+    more, _ = read_audio(out / "more.wav")
+    np.testing.assert_allclose(more[:80000], given.audio, atol=1.0 / 16000)  # the given 5 s, then more
+    redo, _ = read_audio(out / "redo.wav")
+    np.testing.assert_allclose(redo[:16000], given.audio[:16000], atol=1.0 / 16000)
+    np.testing.assert_allclose(redo[32000:], given.audio[32000:], atol=1.0 / 16000)
+    assert np.abs(redo[17600:30400] - given.audio[17600:30400]).max() > 0.05  # the span is new sound
+    redo_frames, fps = read_video(out / "redo.mp4")
+    source_frames, _ = read_video(media["video"])
+    assert fps == 25 and np.array_equal(redo_frames, source_frames)  # an audio retake keeps the video itself
+    kite, _ = read_video(out / "kite.mp4")
+    assert kite.shape == (68, TINY_SIZE, TINY_SIZE, 3) and np.abs(kite[0].astype(int) - 200).mean() < 4
+    cut, _ = read_video(out / "cut.mp4")
+    assert 75 <= len(cut) <= 78 and np.array_equal(cut[:75], source_frames[:75])  # 3 s of the 25 fps video
