@@ -19,6 +19,7 @@ import time
 import torch
 
 from uniform_cli.config import PRESETS
+from uniform_cli.diffusion.tasks import task_masks
 from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 from uniform_cli.model.uniform import build_model, compile_blocks, flops_per_sample, num_parameters, num_tokens
 from uniform_cli.types import AV
@@ -36,7 +37,7 @@ def make_batch(cfg, batch: int, text_len: int, device, generator) -> dict:
     return dict(
         x=x,
         t=torch.randint(0, 1000, (batch,), generator=generator).to(device),
-        task=torch.randint(0, 3, (batch,), generator=generator).to(device),
+        generated=task_masks(torch.randint(0, 3, (batch,), generator=generator), cfg.video_latent[1]).to(device),
         text=randn(batch, text_len, cfg.text_dim),
         text_mask=mask,
         drop_text=(torch.arange(batch) % 2 == 1).to(device),
@@ -136,7 +137,7 @@ def main() -> None:
                 f.write(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
     except torch.OutOfMemoryError:
         result["train_error"] = "out of memory"
-    del batch
+    batch = None  # free the training batch (train_step closes over it) before the guided one
     model.zero_grad(set_to_none=True)
 
     guided = make_batch(cfg, 2 * args.guided_batch, text_len, device, generator)

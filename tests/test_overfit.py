@@ -12,6 +12,7 @@ from uniform_cli.config import PRESETS, DataConfig, DiffusionConfig, TrainConfig
 from uniform_cli.diffusion.guidance import conditional_model_fn
 from uniform_cli.diffusion.samplers import sample_ddim
 from uniform_cli.diffusion.schedule import make_schedule
+from uniform_cli.diffusion.tasks import task_masks
 from uniform_cli.latents.loader import LatentBatch
 from uniform_cli.model.uniform import build_model
 from uniform_cli.train.ema import make_ema
@@ -70,15 +71,15 @@ def test_debug_model_overfits_one_example_and_samples_near_it():
     noise = x0.map(lambda a: torch.randn(a.shape, generator=gen))
     results = {}
     for task in (Task.A2V, Task.V2A):
-        task_ids = torch.full((1,), int(task))
-        model_fn = conditional_model_fn(model, task_ids, text, mask)
+        generated = task_masks(torch.full((1,), int(task)), x0.video.shape[2])
+        model_fn = conditional_model_fn(model, generated, text, mask)
         name = "video" if task == Task.A2V else "audio"
         target = getattr(x0, name)
         # eta = 1: after a few hundred CPU steps the noise prediction at the noisiest steps still carries a
         # small systematic error that deterministic DDIM (eta = 0) accumulates; fresh noise at each step
         # washes it out. The eta = 0 distance is printed for the record.
-        sample = sample_ddim(model_fn, schedule, noise, x0, task_ids, 25, eta=1.0, generator=gen)
-        deterministic = sample_ddim(model_fn, schedule, noise, x0, task_ids, 25, eta=0.0)
+        sample = sample_ddim(model_fn, schedule, noise, x0, generated, 25, eta=1.0, generator=gen)
+        deterministic = sample_ddim(model_fn, schedule, noise, x0, generated, 25, eta=0.0)
         results[task.name] = (
             torch.mean((getattr(sample, name) - target) ** 2).item(),
             torch.mean((getattr(noise, name) - target) ** 2).item(),

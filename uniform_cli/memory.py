@@ -21,5 +21,14 @@ def peak_memory_bytes(device: torch.device | str) -> tuple[int, str]:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_allocated"
+    # Linux's ru_maxrss carries the parent's resident set across fork + exec (a process started by a 2 GB
+    # Python reports at least 2 GB); VmHWM is this process image's own peak.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "cpu_peak_rss"
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     return rss * (1 if sys.platform == "darwin" else 1024), "cpu_peak_rss"

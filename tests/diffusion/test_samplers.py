@@ -15,11 +15,16 @@ from uniform_cli.diffusion.samplers import (
     sampling_schedule,
 )
 from uniform_cli.diffusion.schedule import Schedule, extract, make_schedule, spaced_timesteps
+from uniform_cli.diffusion.tasks import task_masks, time_mask
 from uniform_cli.types import AV, Task
 
 BASE = make_schedule(DiffusionConfig())
 MEAN = AV(0.3, -0.5)
 STD = AV(0.5, 0.8)
+
+
+def _t2av(batch: int, frames: int) -> AV:
+    return task_masks(torch.full((batch,), int(Task.T2AV)), frames)
 
 
 def _exact_gaussian_model_fn(spaced: Schedule):
@@ -64,9 +69,8 @@ def test_exact_predictor_reproduces_gaussian_data(name, steps, var_rtol):
     gen = torch.Generator().manual_seed(1)
     noise = AV(torch.randn(2, 4, 8, 16, 16, generator=gen), torch.randn(2, 8, 40, 16, generator=gen))
     given = noise.map(torch.zeros_like)
-    task = torch.full((2,), int(Task.T2AV))
     model_fn = _exact_gaussian_model_fn(sampling_schedule(BASE, steps))
-    out = SAMPLERS[name](model_fn, BASE, noise, given, task, steps, generator=gen)
+    out = SAMPLERS[name](model_fn, BASE, noise, given, _t2av(2, 8), steps, generator=gen)
     for sample, mean, std in ((out.video, MEAN.video, STD.video), (out.audio, MEAN.audio, STD.audio)):
         assert sample.mean().item() == pytest.approx(mean, abs=0.03)
         assert sample.var().item() == pytest.approx(std**2, rel=var_rtol)
@@ -91,10 +95,10 @@ def test_v_and_x0_prediction_sample_like_the_same_model_predicting_eps(name, pre
         return x.map(one, exact(x, t))
 
     noise = AV(torch.randn(2, 4, 4, 8, 8), torch.randn(2, 8, 20, 8))
-    given, task = noise.map(torch.zeros_like), torch.full((2,), int(Task.T2AV))
+    given, generated = noise.map(torch.zeros_like), _t2av(2, 4)
     outs = []
     for schedule, model_fn in ((BASE, exact), (other, rewritten)):
-        outs.append(SAMPLERS[name](model_fn, schedule, noise, given, task, steps,
+        outs.append(SAMPLERS[name](model_fn, schedule, noise, given, generated, steps,
                                    generator=torch.Generator().manual_seed(3)))
     torch.testing.assert_close(outs[1].video, outs[0].video, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(outs[1].audio, outs[0].audio, atol=1e-4, rtol=1e-4)
@@ -109,30 +113,42 @@ def _arbitrary_model_fn(x: AV, t: torch.Tensor) -> AV:
     return x.map(one)
 
 
+def _frames(*rows: str) -> torch.Tensor:
+    """Masks `[B, F]` written as strings, one a sample: "g" generated, "." given."""
+    return torch.tensor([[c == "g" for c in row] for row in rows])
+
+
+# Masks over 4 latent frames (the audio has 5 rows a frame): the paper's tasks, then a span job of each kind.
+MASKS = {
+    **{task.name: task_masks(torch.full((2,), int(task)), 4) for task in Task},
+    "extend": AV(_frames("..gg", ".ggg"), _frames("..gg", ".ggg")),
+    "retake": AV(_frames("....", ".gg."), _frames(".gg.", ".gg.")),  # audio only, then both
+    "i2av": AV(_frames(".ggg", ".ggg"), _frames("gggg", "gggg")),
+}
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
-@pytest.mark.parametrize("task", list(Task))
-def test_sampler_output_equals_given_input_at_given_positions(name, task):
+@pytest.mark.parametrize("job", sorted(MASKS))
+def test_sampler_output_equals_given_input_at_given_positions(name, job):
     gen = torch.Generator().manual_seed(2)
-    noise = AV(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
-    given = AV(torch.randn(2, 4, 2, 4, 4, generator=gen), torch.randn(2, 8, 10, 4, generator=gen))
+    noise = AV(torch.randn(2, 4, 4, 4, 4, generator=gen), torch.randn(2, 8, 20, 4, generator=gen))
+    given = AV(torch.randn(2, 4, 4, 4, 4, generator=gen), torch.randn(2, 8, 20, 4, generator=gen))
+    generated = MASKS[job]
     seen = []
 
     def model_fn(x: AV, t: torch.Tensor) -> AV:
-        seen.append((x.video.clone(), x.audio.clone()))
+        seen.append(x.map(torch.clone))
         return _arbitrary_model_fn(x, t)
 
-    out = SAMPLERS[name](model_fn, BASE, noise, given, torch.full((2,), int(task)), 6)
-    assert torch.isfinite(out.video).all() and torch.isfinite(out.audio).all()
-    if task == Task.V2A:
-        assert torch.equal(out.video, given.video)
-        assert all(torch.equal(v, given.video) for v, _ in seen)  # the model always sees the clean video
-        assert not torch.equal(out.audio, given.audio)
-    elif task == Task.A2V:
-        assert torch.equal(out.audio, given.audio)
-        assert all(torch.equal(a, given.audio) for _, a in seen)
-        assert not torch.equal(out.video, given.video)
-    else:
-        assert not torch.equal(out.video, given.video) and not torch.equal(out.audio, given.audio)
+    out = SAMPLERS[name](model_fn, BASE, noise, given, generated, 6)
+    assert len(seen) == 6
+    for m in ("video", "audio"):
+        sample, clean = getattr(out, m), getattr(given, m)
+        assert torch.isfinite(sample).all()
+        keep = time_mask(getattr(generated, m), sample).expand_as(sample)
+        assert torch.equal(sample[~keep], clean[~keep])
+        assert all(torch.equal(getattr(x, m)[~keep], clean[~keep]) for x in seen)  # the model sees them clean
+        assert (sample[keep] != clean[keep]).all()  # and samples the rest
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -144,7 +160,7 @@ def test_sampler_calls_the_model_at_the_respaced_original_steps(name):
         steps_seen.append(int(t[0]))
         return _arbitrary_model_fn(x, t)
 
-    SAMPLERS[name](model_fn, BASE, noise, noise, torch.zeros(1, dtype=torch.long), 10,
+    SAMPLERS[name](model_fn, BASE, noise, noise, _t2av(1, 2), 10,
                    progress=lambda i, n: progress.append((i, n)))
     assert steps_seen == spaced_timesteps(1000, 10)[::-1]
     assert progress == [(i, 10) for i in range(1, 11)]
@@ -152,11 +168,11 @@ def test_sampler_calls_the_model_at_the_respaced_original_steps(name):
 
 def test_ddim_with_eta_is_stochastic_and_without_is_deterministic():
     noise = AV(torch.randn(1, 4, 2, 4, 4), torch.randn(1, 8, 10, 4))
-    task = torch.zeros(1, dtype=torch.long)
-    a = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, task, 8)
-    b = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, task, 8)
+    generated = _t2av(1, 2)
+    a = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, generated, 8)
+    b = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, generated, 8)
     assert torch.equal(a.video, b.video)
-    c = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, task, 8, eta=1.0,
+    c = sample_ddim(_arbitrary_model_fn, BASE, noise, noise, generated, 8, eta=1.0,
                     generator=torch.Generator().manual_seed(0))
     assert not torch.equal(a.video, c.video)
 
@@ -168,7 +184,7 @@ def test_sampler_names_match_the_generate_config():
 
 
 def test_every_sampler_takes_the_same_arguments():
-    common = ["model_fn", "schedule", "noise", "given", "task", "steps", "generator", "progress"]
+    common = ["model_fn", "schedule", "noise", "given", "generated", "steps", "generator", "progress"]
     for fn in SAMPLERS.values():
         params = inspect.signature(fn).parameters
         assert list(params)[: len(common)] == common, fn.__name__
@@ -179,9 +195,9 @@ def test_every_sampler_takes_the_same_arguments():
 @pytest.mark.parametrize("name", ["ddim", "dpm++"])
 def test_deterministic_samplers_ignore_the_generator(name):
     noise = AV(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
-    task = torch.zeros(2, dtype=torch.long)
-    plain = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, task, 6)
-    seeded = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, task, 6,
+    generated = _t2av(2, 2)
+    plain = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, generated, 6)
+    seeded = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, generated, 6,
                             generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
     assert torch.equal(plain.video, seeded.video) and torch.equal(plain.audio, seeded.audio)
 
@@ -189,6 +205,8 @@ def test_deterministic_samplers_ignore_the_generator(name):
 def test_mismatched_inputs_are_clear_errors():
     noise = AV(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
     with pytest.raises(ValueError, match="same shapes"):
-        sample_ddim(_arbitrary_model_fn, BASE, noise, noise.map(lambda a: a[:1]), torch.zeros(2, dtype=torch.long), 4)
-    with pytest.raises(ValueError, match="task"):
-        sample_ddim(_arbitrary_model_fn, BASE, noise, noise, torch.zeros(3, dtype=torch.long), 4)
+        sample_ddim(_arbitrary_model_fn, BASE, noise, noise.map(lambda a: a[:1]), _t2av(2, 2), 4)
+    with pytest.raises(ValueError, match="generated.video must be a bool mask with 2 rows"):
+        sample_ddim(_arbitrary_model_fn, BASE, noise, noise, _t2av(3, 2), 4)
+    with pytest.raises(ValueError, match="generated.audio must be a bool mask"):
+        sample_ddim(_arbitrary_model_fn, BASE, noise, noise, AV(_t2av(2, 2).video, torch.ones(2, 2)), 4)

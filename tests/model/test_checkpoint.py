@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from tests.model.util import debug_config, inputs, random_model
+from uniform_cli.diffusion.tasks import task_masks
 from uniform_cli.model.checkpoint import (
     CheckpointError,
     load_opensora_weights,
@@ -83,8 +84,8 @@ def test_save_then_load_is_exact(tmp_path, dtype):
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and a.dtype == b.dtype and torch.equal(a, b)
     x, t, text, mask = inputs(cfg)
-    task = torch.tensor([Task.T2AV, Task.V2A])
-    assert torch.equal(model(x, t, task, text, mask).audio, loaded.eval()(x, t, task, text, mask).audio)
+    generated = task_masks(torch.tensor([Task.T2AV, Task.V2A]), cfg.video_latent[1])
+    assert torch.equal(model(x, t, generated, text, mask).audio, loaded.eval()(x, t, generated, text, mask).audio)
     assert not list(tmp_path.glob("ckpt/.*"))  # no temporary files left behind
 
 

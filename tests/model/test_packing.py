@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from uniform_cli.config import PRESETS
+from uniform_cli.diffusion.tasks import task_masks
 from uniform_cli.model.packing import (
     AUDIO,
     TASK,
@@ -15,7 +16,7 @@ from uniform_cli.model.packing import (
     token_kinds,
     unpack_audible_frames,
 )
-from uniform_cli.types import Task
+from uniform_cli.types import AV, Task
 
 
 def _random(layout: AudibleFrameLayout, batch: int = 2, seed: int = 0):
@@ -118,12 +119,26 @@ def test_token_kinds_follow_the_columns():
     assert (kinds[..., :16] == VIDEO).all() and (kinds[..., 16:19] == AUDIO).all() and (kinds[..., 19] == TASK).all()
 
 
-def test_given_mask_per_task():
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_given_mask_per_task(per_frame):
     layout = AudibleFrameLayout.from_config(PRESETS["XL/2"])
     task = torch.tensor([Task.T2AV, Task.A2V, Task.V2A])
-    given = given_token_mask(task, layout).view(3, 20, 16, 20)
+    generated = task_masks(task, 20) if per_frame else AV(task != Task.V2A, task != Task.A2V)
+    given = given_token_mask(generated, layout).view(3, 20, 16, 20)
     per_column = given[:, 0, 0]  # the same in every frame and row
     assert (given == per_column[:, None, None]).all()
     assert per_column[0].tolist() == [False] * 19 + [True]
     assert per_column[1].tolist() == [False] * 16 + [True] * 4
     assert per_column[2].tolist() == [True] * 16 + [False] * 3 + [True]
+
+
+def test_given_mask_follows_each_frame_of_a_span():
+    layout = AudibleFrameLayout.from_config(PRESETS["XL/2"])  # 20 frames of 16 rows x (16 video, 3 audio, 1 task)
+    video = torch.arange(20) >= 3  # the first 3 frames of the video given
+    audio = (torch.arange(20) >= 5) & (torch.arange(20) < 9)  # audio generated in frames 5..8 only
+    given = given_token_mask(AV(video[None], audio[None]), layout).view(20, 16, 20)
+    assert (given[..., :16] == ~video[:, None, None]).all()
+    assert (given[..., 16:19] == ~audio[:, None, None]).all()
+    assert given[..., 19].all()
+    with pytest.raises(ValueError, match="19 / 19 frames; the model has 20"):
+        given_token_mask(AV(video[None, :19], audio[None, :19]), layout)

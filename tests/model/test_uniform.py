@@ -4,12 +4,26 @@ import pytest
 import torch
 
 from tests.model.util import debug_config, inputs, random_model
-from uniform_cli.config import PRESETS
+from uniform_cli.config import PRESETS, DiffusionConfig
+from uniform_cli.diffusion.guidance import conditional_model_fn
+from uniform_cli.diffusion.samplers import sample_ddim
+from uniform_cli.diffusion.schedule import make_schedule
+from uniform_cli.diffusion.tasks import task_masks, time_mask
 from uniform_cli.model.layers import apply_rope, rope_cos_sin
 from uniform_cli.model.uniform import build_model, flops_per_sample, num_parameters, num_tokens
 from uniform_cli.types import AV, Task
 
-TASKS = torch.tensor([Task.T2AV, Task.A2V])
+FRAMES = PRESETS["debug"].video_latent[1]  # 4 latent frames; the audio has 5 rows a frame
+TASKS = task_masks(torch.tensor([Task.T2AV, Task.A2V]), FRAMES)
+
+
+def _frames(*rows: str) -> torch.Tensor:
+    """Masks `[B, F]` written as strings, one a sample: "g" generated, "." given."""
+    return torch.tensor([[c == "g" for c in row] for row in rows])
+
+
+EXTEND = AV(_frames("..gg", "..gg"), _frames("..gg", "..gg"))  # both modalities given in frames 0 and 1
+I2AV = AV(_frames(".ggg", ".ggg"), _frames("gggg", "gggg"))  # the first video frame given
 
 
 def test_output_shapes_noise_then_variance():
@@ -39,7 +53,8 @@ def test_backward_reaches_every_trained_parameter():
     cfg = debug_config()
     model = random_model(cfg).train()
     x, t, text, mask = inputs(cfg)
-    out = model(x, t, torch.tensor([Task.A2V, Task.V2A]), text, mask, drop_text=torch.tensor([True, False]))
+    out = model(x, t, task_masks(torch.tensor([Task.A2V, Task.V2A]), FRAMES), text, mask,
+                drop_text=torch.tensor([True, False]))
     (out.video.square().mean() + out.audio.square().mean()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -86,24 +101,96 @@ def test_given_modality_steers_generated_positions(task, given, generated):
     model = random_model(cfg)
     x, t, text, mask = inputs(cfg)
     changed = AV(**{**vars(x), given: getattr(x, given) + 1.0})
-    tasks = torch.full((2,), int(task))
-    out, out_changed = model(x, t, tasks, text, mask), model(changed, t, tasks, text, mask)
+    masks = task_masks(torch.full((2,), int(task)), FRAMES)
+    out, out_changed = model(x, t, masks, text, mask), model(changed, t, masks, text, mask)
     assert not torch.allclose(getattr(out, generated), getattr(out_changed, generated), atol=1e-4)
+
+
+def _attention_free(model):
+    """Isolate the per-token modulation: no attention between tokens, nor to the text."""
+    with torch.no_grad():
+        for block in [*model.spatial_blocks, *model.temporal_blocks]:
+            block.attn.proj.weight.zero_()
+            block.cross_attn.proj.weight.zero_()
+    return model
 
 
 def test_given_positions_are_modulated_with_t_zero():
     """A given modality's tokens see t = 0 whatever t is; the generated ones see t."""
     cfg = debug_config(depth=1)
-    model = random_model(cfg)
-    with torch.no_grad():  # isolate the per-token modulation: no attention between tokens
-        for block in [*model.spatial_blocks, *model.temporal_blocks]:
-            block.attn.proj.weight.zero_()
-            block.cross_attn.proj.weight.zero_()
+    model = _attention_free(random_model(cfg))
     x, _, text, mask = inputs(cfg, batch=1)
-    tasks = torch.tensor([Task.V2A])
+    tasks = task_masks(torch.tensor([Task.V2A]), FRAMES)
     early, late = model(x, torch.tensor([10]), tasks, text, mask), model(x, torch.tensor([900]), tasks, text, mask)
     assert torch.allclose(early.video, late.video, atol=1e-6)
     assert not torch.allclose(early.audio, late.audio, atol=1e-4)
+
+
+def _split(out: AV, generated: AV) -> tuple[AV, AV]:
+    """The values of `out` at given positions, and at generated ones (flattened)."""
+    def at(keep_generated: bool) -> AV:
+        return out.map(lambda o, m: o[time_mask(m if keep_generated else ~m, o).expand_as(o)], generated)
+
+    return at(False), at(True)
+
+
+def test_given_frames_of_a_span_are_modulated_with_t_zero_frame_by_frame():
+    cfg = debug_config(depth=1)
+    model = _attention_free(random_model(cfg))
+    x, _, text, mask = inputs(cfg)
+    early, late = (model(x, torch.tensor([s, s]), EXTEND, text, mask) for s in (10, 900))
+    (early_given, early_generated), (late_given, late_generated) = _split(early, EXTEND), _split(late, EXTEND)
+    for m in ("video", "audio"):
+        assert torch.allclose(getattr(early_given, m), getattr(late_given, m), atol=1e-6), m
+        assert not torch.allclose(getattr(early_generated, m), getattr(late_generated, m), atol=1e-4), m
+
+
+@pytest.mark.parametrize("job", ["extend", "i2av"])
+def test_given_frames_of_a_span_steer_the_generated_frames(job):
+    cfg = debug_config()
+    model = random_model(cfg)
+    x, t, text, mask = inputs(cfg)
+    generated = {"extend": EXTEND, "i2av": I2AV}[job]
+    changed = x.map(lambda a, m: torch.where(time_mask(m, a), a, a + 1.0), generated)  # only the given frames
+    out, out_changed = model(x, t, generated, text, mask), model(changed, t, generated, text, mask)
+    _, at_generated = _split(out, generated)
+    _, at_generated_changed = _split(out_changed, generated)
+    for m in ("video", "audio"):
+        assert not torch.allclose(getattr(at_generated, m), getattr(at_generated_changed, m), atol=1e-4), m
+
+
+def test_a_span_job_takes_the_task_token_of_what_it_generates():
+    """A video-only retake is an A2V job to the model, an extend a T2AV one: only that task token row counts."""
+    cfg = debug_config()
+    model = random_model(cfg)
+    x, t, text, mask = inputs(cfg)
+    retake_video = AV(_frames(".gg.", ".gg."), _frames("....", "...."))
+    before = [model(x, t, g, text, mask) for g in (retake_video, EXTEND)]
+    with torch.no_grad():
+        model.task_embedder.weight[Task.A2V] += 1.0
+    after = [model(x, t, g, text, mask) for g in (retake_video, EXTEND)]
+    assert not torch.allclose(before[0].video, after[0].video, atol=1e-4)
+    assert torch.equal(before[1].video, after[1].video) and torch.equal(before[1].audio, after[1].audio)
+
+
+def test_sampling_a_span_keeps_the_given_frames_and_follows_them():
+    """An extend job sampled with the model: the prefix comes back bit-exact, and another prefix gives
+    another continuation from the same noise."""
+    cfg = debug_config()
+    model = random_model(cfg)
+    x, _, text, mask = inputs(cfg)
+    other = x.map(lambda a: torch.randn(a.shape, generator=torch.Generator().manual_seed(11)))
+    noise = x.map(lambda a: torch.randn(a.shape, generator=torch.Generator().manual_seed(12)))
+    schedule = make_schedule(DiffusionConfig())
+    model_fn = conditional_model_fn(model, EXTEND, text, mask)
+    samples = [sample_ddim(model_fn, schedule, noise, given, EXTEND, 3) for given in (x, other)]
+    for sample, given in zip(samples, (x, other)):
+        given_part, _ = _split(sample, EXTEND)
+        clean, _ = _split(given, EXTEND)
+        assert torch.equal(given_part.video, clean.video) and torch.equal(given_part.audio, clean.audio)
+    (_, first), (_, second) = _split(samples[0], EXTEND), _split(samples[1], EXTEND)
+    assert not torch.allclose(first.video, second.video, atol=1e-4)
+    assert not torch.allclose(first.audio, second.audio, atol=1e-4)
 
 
 def test_text_padding_is_ignored():

@@ -86,7 +86,7 @@ def test_train_step_is_one_optimizer_step_over_its_micro_batches_and_the_one_tra
     before = [p.detach().clone() for p in engine.module.parameters()]
     result = train_step(run.parts, counted(run.batches), 0)
     assert len(read) == 2 and engine.global_steps == 1  # batch 4 = 2 micro-batches of 2, one optimizer step
-    assert result.loss.shape == result.task.shape == (4,)
+    assert result.loss.shape == result.job.shape == (4,)
     assert result.loss.mean().item() == losses(logged)[0]
     assert result.lr == pytest.approx(1e-3)  # 2 warmup steps: half the rate in step 0, the full rate after it
     assert any(not torch.equal(a, b) for a, b in zip(before, engine.module.parameters()))
@@ -144,6 +144,27 @@ def test_each_task_learns_on_a_small_fixed_dataset(tmp_path, shards):
         first, last = np.mean(series[:10]), np.mean(series[-10:])
         print(f"{task}: first 10 steps {first:.3f}, last 10 steps {last:.3f}")
         assert last < 0.8 * first, task
+
+
+def test_span_jobs_train_and_each_drawn_job_is_logged(tmp_path, shards):
+    from uniform_cli.diffusion.tasks import JOBS
+    from uniform_cli.train.step import sample_jobs, step_generator
+
+    recipe = make_recipe(tmp_path, shards, "spans", steps=3)
+    recipe.data = dataclasses.replace(recipe.data, task_weights={"t2av": 1.0, "extend": 1.0, "retake": 1.0, "i2av": 1.0})
+    run = train(recipe)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]  # steps done; train_step's index is one less
+    logged = set()
+    for step, record in enumerate(records):
+        # batch 4 = 2 micro-batches of 2, each drawing its own jobs
+        drawn = {JOBS[j] for micro in range(2)
+                 for j in sample_jobs(recipe.data, 2, step_generator(recipe.train.seed, step, micro, 0)).tolist()}
+        keys = {k for k in record if k.startswith("loss_")}
+        assert keys == {f"loss_{name}" for name in drawn}, step
+        assert all(np.isfinite(record[k]) for k in keys) and np.isfinite(record["loss"])
+        logged |= drawn
+    assert {"extend", "retake", "i2av"} <= logged
 
 
 def test_bad_recipe_and_missing_shards_fail_before_any_work(tmp_path, shards):
