@@ -140,5 +140,14 @@ def test_given_mask_follows_each_frame_of_a_span():
     assert (given[..., :16] == ~video[:, None, None]).all()
     assert (given[..., 16:19] == ~audio[:, None, None]).all()
     assert given[..., 19].all()
-    with pytest.raises(ValueError, match="19 / 19 frames; the model has 20"):
+    with pytest.raises(ValueError, match="job masks have 19 frames; the model has 20 latent frames"):
         given_token_mask(AV(video[None, :19], audio[None, :19]), layout)
+
+
+def test_a_token_of_two_latent_frames_is_generated_if_either_is():
+    layout = AudibleFrameLayout.from_config(dataclasses.replace(PRESETS["debug"], patch_size=(2, 2, 2)))
+    t = layout.grid[0]
+    video = torch.tensor([[False, True] + [False] * (2 * t - 2)])  # latent frame 1: token frame 0
+    given = given_token_mask(AV(video, torch.zeros_like(video)), layout).view(1, t, -1)
+    kinds = token_kinds(layout).view(t, -1)
+    assert not given[0, 0][kinds[0] == VIDEO].any() and given[0, 1:][kinds[1:] == VIDEO].all()

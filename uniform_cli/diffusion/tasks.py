@@ -106,8 +106,3 @@ def keep_given(x: AV, given: AV, generated: AV) -> AV:
     """`x` at generated positions, `given` (the clean input) everywhere else."""
     return x.map(lambda a, g, m: torch.where(time_mask(m, a), a, g.to(a.dtype)), given, generated)
 
-
-def frame_weights(generated: AV, like: AV) -> AV:
-    """Float `[B]` per modality: the share of that modality's elements that are generated (0 to 1)."""
-    return generated.map(lambda m, a: time_mask(m, a).expand(a.shape[0], 1, *a.shape[2:]).float()
-                         .flatten(1).mean(dim=1), like)

@@ -183,13 +183,20 @@ def token_kinds(layout: AudibleFrameLayout) -> torch.Tensor:
 
 def given_token_mask(generated: AV, layout: AudibleFrameLayout) -> torch.Tensor:
     """Per-token "given" mask `B N` of a job's generated masks (`[B]` or `[B, F]` per modality, see
-    `diffusion.tasks`): a video or audio token is given where its frame of that modality is not generated; the
-    task token is always given."""
+    `diffusion.tasks`): a video or audio token is given where its frames of that modality are not generated;
+    the task token is always given."""
     t, h, w = layout.grid
-    video, audio = (m.reshape(m.shape[0], -1) for m in (generated.video, generated.audio))
-    if video.shape[1] not in (1, t) or audio.shape[1] not in (1, t):
-        raise ValueError(f"job masks have {video.shape[1]} / {audio.shape[1]} frames; the model has {t}")
-    video, audio = video.expand(-1, t), audio.expand(-1, t)
+    pt = layout.patch_size[0]
+
+    def per_token_frame(m: torch.Tensor) -> torch.Tensor:
+        m = m.reshape(m.shape[0], -1)
+        if m.shape[1] == t * pt and pt > 1:  # a token spans pt latent frames: generated if any of them is
+            m = m.view(m.shape[0], t, pt).any(dim=2)
+        if m.shape[1] not in (1, t):
+            raise ValueError(f"job masks have {m.shape[1]} frames; the model has {t * pt} latent frames")
+        return m.expand(-1, t)
+
+    video, audio = per_token_frame(generated.video), per_token_frame(generated.audio)
     kind = token_kinds(layout).to(video.device).view(1, t, h * w)
     given = ((kind == VIDEO) & ~video[..., None]) | ((kind == AUDIO) & ~audio[..., None]) | (kind == TASK)
     return given.reshape(video.shape[0], -1)
