@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from uniform_cli.generate.pipeline import PipelineError, UniFormPipeline
-from uniform_cli.generate.runner import default_seed, plan, read_prompts
+from uniform_cli.generate.prompts import default_seed, plan, read_prompts
 from uniform_cli.media.prepare import prepare_media
 from uniform_cli.types import Task
 

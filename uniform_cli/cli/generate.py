@@ -74,8 +74,9 @@ def main(
     from uniform_cli.config import with_codec_overrides
     from uniform_cli.generate.jobs import TASKS
     from uniform_cli.generate.pipeline import PipelineError, UniFormPipeline, read_checkpoint_recipe, resolve_checkpoint
+    from uniform_cli.generate.prompts import PromptsError, plan, read_prompts
     from uniform_cli.generate.results import merge_results
-    from uniform_cli.generate.runner import PromptsError, RunOptions, generate_items, plan, read_prompts, select
+    from uniform_cli.generate.runner import RunOptions, generate_items, select
     from uniform_cli.model.checkpoint import CheckpointError
     from uniform_cli.pretrained import PretrainedError
     from uniform_cli.progress import LogProgress
