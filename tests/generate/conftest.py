@@ -51,15 +51,18 @@ def media(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="package")
 def light_checkpoint(tmp_path_factory) -> Path:
     """A random tiny model over the weight-free codecs at 32 px (pixel video [24, 20, 4, 4], mel audio
-    [16, 100, 4], hash text): fast enough for many windows."""
+    [16, 100, 4], hash text): fast enough for many windows. It predicts v, as the demo does, so its samples stay
+    in the codecs' range (a random eps model's x0 is ~100x the data's at high noise, and the mel codec then
+    scales a whole window's sound down to its peak)."""
     from tests.fixtures.checkpoint import make_checkpoint, tiny_model_config
-    from uniform_cli.config import CodecConfig, DataConfig, GenerateConfig
+    from uniform_cli.config import CodecConfig, DataConfig, DiffusionConfig, GenerateConfig
 
     codec = CodecConfig(video="pixel", audio="mel", video_vae="pixel", audio_vae="mel", text_encoder="hash:16")
     model = tiny_model_config(video_latent=(24, 20, 4, 4), audio_latent=(16, 100, 4))
     return make_checkpoint(tmp_path_factory.mktemp("light") / "ckpt", codec, model=model,
                            data=DataConfig(fps=17, size=32, seconds=4.0, sample_rate=16000),
-                           generate=GenerateConfig(sampler="ddim", steps=2, cfg_video=2.0, cfg_audio=2.0))
+                           generate=GenerateConfig(sampler="ddim", steps=2, cfg_video=2.0, cfg_audio=2.0),
+                           diffusion=DiffusionConfig(prediction="v"))
 
 
 @pytest.fixture(scope="package")

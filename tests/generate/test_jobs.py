@@ -154,3 +154,22 @@ def test_a_longer_output_needs_no_more_memory_than_its_media(light_checkpoint):
     # processes (the measured difference is the 12 MB); 3 MB kept per window (16 windows more) exceeds it.
     own = 2 * (60 * 17 * 32 * 32 * 3) + 60 * 16000 * (4 + 2)
     assert peak_60 <= peak_12 + 30 * 2**20 + own, (peak_12, peak_60)
+
+
+def spectral_flux(wave: np.ndarray, n: int = 1024, hop: int = 256) -> np.ndarray:
+    """Positive change of the magnitude spectrum from one hop to the next, `len(wave) // hop`-ish long."""
+    frames = np.lib.stride_tricks.sliding_window_view(wave, n)[::hop] * np.hanning(n)
+    magnitude = np.abs(np.fft.rfft(frames, axis=1))
+    return np.maximum(magnitude[1:] - magnitude[:-1], 0).sum(axis=1)
+
+
+def test_seams_are_no_jumps_in_sound(light_pipe):
+    """A steady scene given (v2a, 12 s): at each seam, where a window's new sound begins, the spectral flux
+    stays within what the sound has elsewhere."""
+    out = light_pipe.generate([Job("", "v2a", video=steady_scene(12.0))], seed=6)
+    flux = spectral_flux(out.wave[0])
+    seams = [(start + 1) * 16000 // 256 for start in out.windows[0][1:]]  # new sound starts 1 s into a window
+    near = np.zeros(len(flux), bool)
+    for seam in seams:
+        near[seam - 8 : seam + 4] = True
+    assert len(seams) == 3 and flux[near].max() <= flux[~near].max()

@@ -242,26 +242,48 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
+def level_match(known: np.ndarray, decoded: np.ndarray, where: np.ndarray, least: int = 4000) -> float:
+    """The gain that brings a window's decoded sound to the level of the sound already there, measured where
+    both exist (`where`, at least `least` samples; else 1). Audio codecs normalise each clip they encode
+    (AudioLDM's recipe scales a clip to a fixed peak), so a window whose given part is quieter or louder than
+    a whole clip comes back at another level; without this a seam would be a step in loudness."""
+    if where.sum() < least:
+        return 1.0
+    power = float(np.mean(decoded[where].astype(np.float64) ** 2))
+    target = float(np.mean(known[where].astype(np.float64) ** 2))
+    if power <= 1e-12:
+        return 1.0
+    return float(np.clip(np.sqrt(target / power), 0.01, 100.0))
+
+
 def _blend(a: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """`a` fading into `b` along the first axis (weights strictly between 0 and 1)."""
-    w = (np.arange(1, len(a) + 1) / (len(a) + 1)).reshape((-1,) + (1,) * (a.ndim - 1))
-    mixed = a * (1 - w) + b * w
-    return (np.rint(mixed) if np.issubdtype(dtype, np.integer) else mixed).astype(dtype)
+    """`a` fading into `b` along the first axis. Frames fade linearly; sound with equal power (cos/sin), since
+    two windows' sounds need not be in phase and a linear fade of unrelated sounds dips in the middle."""
+    x = (np.arange(1, len(a) + 1) / (len(a) + 1)).reshape((-1,) + (1,) * (a.ndim - 1))
+    if np.issubdtype(dtype, np.integer):
+        return np.rint(a * (1 - x) + b * x).astype(dtype)
+    return (a * np.cos(x * np.pi / 2) + b * np.sin(x * np.pi / 2)).astype(dtype)
 
 
 def write_back(buffer: np.ndarray, decoded: np.ndarray, offset: int, write: np.ndarray, given: np.ndarray,
-               filled: np.ndarray, source: np.ndarray | None, fade: int) -> None:
+               filled: np.ndarray, source: np.ndarray | None, fade: int, reach: int) -> None:
     """Write `decoded` (the media of a window that starts at index `offset` of `buffer`) where `write`
-    (window-long) is True. At a run's left edge the new media are crossfaded over `fade` entries: before the
-    edge where an earlier window made the media there (`filled`, not `given`); else, for a retake (`source`,
-    the original media), after the edge from the original. At a right edge that meets given media of a
-    retake, they fade back into the original. Given entries are never written."""
+    (window-long) is True. Given entries are never written.
+
+    Where a run's left neighbour was made by an earlier window (`filled`, not `given`), the new media also
+    replace its last `reach` entries (the end of a decoded window is its least reliable part) and are
+    crossfaded over the `fade` entries before those. Else, for a retake (`source`, the original media), they
+    fade in from the original after the edge, and at a right edge that meets the original they fade back."""
     for a, b in _runs(write):
         lo, hi = offset + a, offset + b
         buffer[lo:hi] = decoded[a:b]
-        d = min(fade, a)
-        if d and filled[lo - d : lo].all() and not given[lo - d : lo].any():
-            buffer[lo - d : lo] = _blend(buffer[lo - d : lo], decoded[a - d : a], buffer.dtype)
+        back = min(reach + fade, a)
+        if back and filled[lo - back : lo].all() and not given[lo - back : lo].any():
+            d = min(fade, back)
+            start = lo - back + d
+            buffer[start:lo] = decoded[a - (lo - start) : a]
+            buffer[start - d : start] = _blend(buffer[start - d : start], decoded[a - back : a - back + d],
+                                               buffer.dtype)
         elif source is not None and lo > 0 and given[lo - 1]:
             d = min(fade, b - a)
             buffer[lo : lo + d] = _blend(source[lo : lo + d], decoded[a : a + d], buffer.dtype)

@@ -25,7 +25,16 @@ import numpy as np
 import torch
 
 from uniform_cli.config import ClipSpec, CodecConfig, ConfigError, GenerateConfig, Recipe, recipe_from_dict
-from uniform_cli.generate.jobs import CROSSFADE, Job, JobError, Timeline, next_window, plan_timeline, write_back
+from uniform_cli.generate.jobs import (
+    CROSSFADE,
+    Job,
+    JobError,
+    Timeline,
+    level_match,
+    next_window,
+    plan_timeline,
+    write_back,
+)
 from uniform_cli.latents.codecs import AudioCodec, VideoCodec, build_audio_codec, build_video_codec
 from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 from uniform_cli.types import AV, Task
@@ -351,8 +360,8 @@ class UniFormPipeline:
             rows = [i for i, start in enumerate(starts) if start is not None]
             if not rows:
                 break
-            self._window([timelines[i] for i in rows], [starts[i] for i in rows], text[rows], text_mask[rows],
-                         has_text, [generators[i] for i in rows], settings, timings, progress)
+            self._window([timelines[i] for i in rows], [starts[i] for i in rows], overlap, text[rows],
+                         text_mask[rows], has_text, [generators[i] for i in rows], settings, timings, progress)
         fps, rate = self.spec.fps, self.spec.sample_rate
         frames = [tl.frames[: round(tl.seconds * fps)] for tl in timelines]
         wave = [tl.wave[: round(tl.seconds * rate)] for tl in timelines]
@@ -361,7 +370,8 @@ class UniFormPipeline:
         return GenerationResult(frames, wave, fps, rate, [job.task for job in jobs], seeds, timings, peak,
                                 [tl.windows for tl in timelines])
 
-    def _window(self, timelines: list[Timeline], starts: list[int], text: torch.Tensor, text_mask: torch.Tensor,
+    def _window(self, timelines: list[Timeline], starts: list[int], overlap: int, text: torch.Tensor,
+                text_mask: torch.Tensor,
                 has_text: bool, generators: list[torch.Generator], settings: dict, timings: dict,
                 progress: Callable[[int, int], None] | None) -> None:
         """One model window per timeline (starting at `starts` seconds): encode what is known there, sample
@@ -418,7 +428,7 @@ class UniFormPipeline:
                 write = np.repeat(gen_video[i].cpu().numpy(), np.diff(video_bounds)) | ~tl.filled_frames[sl]
                 write &= ~tl.given_frames[sl]
                 write_back(tl.frames, decoded[k], sl.start, write, tl.given_frames, tl.filled_frames,
-                           tl.source_frames, fade_frames)
+                           tl.source_frames, fade_frames, reach=overlap * fps // 2)
                 tl.filled_frames[sl] |= write
         rows = [i for i in range(b) if bool(gen_audio[i].any())]
         if rows:
@@ -428,8 +438,9 @@ class UniFormPipeline:
             for k, i in enumerate(rows):
                 tl, sl = timelines[i], sample_slices[i]
                 write = np.repeat(gen_audio[i].cpu().numpy(), np.diff(audio_bounds)) & ~tl.given_samples[sl]
+                decoded[k] *= level_match(tl.wave[sl], decoded[k], tl.filled_samples[sl] & ~write)
                 write_back(tl.wave, decoded[k], sl.start, write, tl.given_samples, tl.filled_samples,
-                           tl.source_wave, fade_samples)
+                           tl.source_wave, fade_samples, reach=overlap * rate // 2)
                 tl.filled_samples[sl] |= write
         for i, tl in enumerate(timelines):
             tl.done_video[latent_slices[i]] |= gen_video[i].cpu().numpy()
