@@ -15,9 +15,11 @@ One latent frame is 0.2 s of picture and sound (`diffusion.tasks`), so every tas
 An output longer than the model's window is made window by window, each window starting on a whole second:
 the next window starts `overlap` seconds before the first frame still to generate, so it is conditioned on
 what is already there (both modalities) and on the given modality over the whole window. Decoded media are
-written only where the job generates: given frames and samples stay the given ones exactly. Where new media
-meet media made by an earlier window, or the original media a retake replaces, they are crossfaded over
-`CROSSFADE` seconds on the side that is not given.
+written only where the job generates: given frames and samples stay the given ones exactly. A window's sound
+is first brought to the level of the sound already there (`level_match`). Where new media meet media made by
+an earlier window, the new window also redoes the last half of the overlap and fades in over `CROSSFADE`
+seconds before it; where they meet the original media a retake replaces, they fade from and back to it inside
+the span.
 """
 
 from __future__ import annotations
