@@ -288,13 +288,12 @@ class UniFormPipeline:
         return self.generate(jobs, **options)
 
     def _check_media(self, i: int, job: Job) -> None:
-        spec = self.spec
-        for name, x, shape, kind in (("video", job.video, (spec.size, spec.size, 3), np.uint8),
-                                     ("image", job.image, (spec.size, spec.size, 3), np.uint8)):
-            if x is not None and (x.dtype != kind or tuple(x.shape[-3:]) != shape or x.ndim != len(shape) + (name == "video")):
-                raise PipelineError(f"row {i}: {name} must be uint8 {'F ' if name == 'video' else ''}"
-                                    f"{spec.size} {spec.size} 3 (prepared with uniform_cli.media.prepare."
-                                    f"prepare_media(path, spec)), got {x.dtype} {list(x.shape)}")
+        """A job's media must be at the clip format: uint8 frames of the clip size, float mono sound."""
+        size = self.spec.size
+        for name, x, dims in (("video", job.video, "F "), ("image", job.image, "")):
+            if x is not None and (x.dtype != np.uint8 or x.shape[-3:] != (size, size, 3) or x.ndim != 3 + len(dims) // 2):
+                raise PipelineError(f"row {i}: {name} must be uint8 {dims}{size} {size} 3 (prepared with "
+                                    f"uniform_cli.media.prepare.prepare_media(path, spec)), got {x.dtype} {list(x.shape)}")
         if job.audio is not None and (job.audio.ndim != 1 or not np.issubdtype(job.audio.dtype, np.floating)):
             raise PipelineError(f"row {i}: audio must be float `S` at {spec.sample_rate} Hz, got "
                                 f"{job.audio.dtype} {list(job.audio.shape)}")
@@ -420,7 +419,8 @@ class UniFormPipeline:
         video_bounds = np.round(np.arange(latent + 1) * fps / per_second).astype(int)
         audio_bounds = np.round(np.arange(latent + 1) * rate / per_second).astype(int)
         fade_frames, fade_samples = round(CROSSFADE * fps), round(CROSSFADE * rate)
-        rows = [i for i in range(b) if bool(gen_video[i].any()) or not timelines[i].filled_frames[frame_slices[i]].all()]
+        rows = [i for i in range(b)
+                if bool(gen_video[i].any()) or not timelines[i].filled_frames[frame_slices[i]].all()]
         if rows:
             decoded = self.video_codec.decode(latents.video[rows], n_frames).cpu().numpy()
             for k, i in enumerate(rows):

@@ -185,7 +185,8 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
                 write_wav(wav, out.wave[i], out.sample_rate)
                 keeps_video = item.row.task == "v2a" or (item.row.task == "retake" and item.row.modality == "audio")
                 if keeps_video and not options.model_format:
-                    mux_audio_onto(item.row.video, mp4, out.wave[i], out.sample_rate, seconds=len(out.wave[i]) / out.sample_rate)
+                    mux_audio_onto(item.row.video, mp4, out.wave[i], out.sample_rate,
+                                   seconds=len(out.wave[i]) / out.sample_rate)
                 else:
                     write_mp4(mp4, out.frames[i], out.fps, audio=out.wave[i], sample_rate=out.sample_rate)
                 write = time.perf_counter() - clock
