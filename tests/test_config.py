@@ -51,7 +51,7 @@ def test_wrong_types_and_cross_field_checks(tmp_path):
         recipe_from_dict({"train": {"batch_size": 5, "micro_batch": 2}})
     with pytest.raises(ConfigError, match="unknown preset"):
         recipe_from_dict({"model": {"preset": "XXL/9"}})
-    with pytest.raises(ConfigError, match="unknown tasks"):
+    with pytest.raises(ConfigError, match="unknown jobs"):
         recipe_from_dict({"data": {"task_weights": {"t2v": 1.0}}})
 
 

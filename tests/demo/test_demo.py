@@ -44,6 +44,8 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     a2v_wave, _ = read_audio(out / "generated" / "a2v" / f"{test_keys[0]}.wav")
     assert np.abs(given_wave - a2v_wave).max() < 1e-3
 
+    _check_span_outputs(out, summary, result.output)
+
     from PIL import Image
 
     with Image.open(out / "contact_sheet.png") as sheet:
@@ -71,7 +73,8 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     assert "motion-onset correlation" in result.output
     n = len(t2av_names)
     assert summary["counts"]["T2AV generated"] == n and summary["counts"]["T2AV generated, shuffled pairs"] == n * (n - 1)
-    assert set(summary["seconds"]) >= {"world", "clip", "caption", "encode", "train", "generate", "eval", "total"}
+    assert set(summary["seconds"]) >= {"world", "clip", "caption", "encode", "train", "generate", "spans", "eval",
+                                       "total"}
     assert "total" in result.output
 
     # recipes/debug.toml trains on the shards the quick demo writes, as its header says
@@ -80,6 +83,69 @@ def test_quick_demo_end_to_end(tmp_path: Path):
                                       "--set", f"train.output_dir='{tmp_path / 'runs'}'", "--set", "train.steps=2"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "debug" / "checkpoints" / "latest" / "model.safetensors").is_file()
+
+
+def _check_span_outputs(out: Path, summary: dict, printed: str) -> None:
+    """The span outputs (#17): a V2A of a held-out 12 s source keeps its video stream and gets 12 s of sound; a
+    4 s clip extended to 8 s and a 1 s retake carry the given clip's sound bit for bit where it is given."""
+    from dataclasses import replace
+
+    from uniform_cli.demo.spans import EXTEND_SECONDS, RETAKE_SPAN, SPAN_KINDS
+    from uniform_cli.media.io import read_audio, read_video, write_wav
+    from uniform_cli.media.prepare import prepare_media
+
+    spec = load_recipe(out / "recipe.toml").data.clip
+    folder = out / "generated" / "spans"
+    results = {r["id"]: r for r in map(json.loads, (folder / "results.jsonl").read_text().splitlines())}
+    long_key, extend_key, retake_key = (f"{SPAN_KINDS['v2a']}_long_000", f"{SPAN_KINDS['extend']}_test_000",
+                                        f"{SPAN_KINDS['retake']}_test_000")
+    v2a, extend, retake = f"v2a_{long_key}", f"extend_{extend_key}", f"retake_{retake_key}"
+    assert set(results) == set(summary["spans"]) == {v2a, extend, retake}
+
+    # V2A: the source's own 96 x 72, 34 fps picture, 12 s of it (QUICK keeps the full length), and 12 s of sound
+    source = out / "world" / "sources" / f"{long_key}.mp4"
+    source_frames, source_fps = read_video(source)
+    frames, fps = read_video(folder / f"{v2a}.mp4")
+    wave, rate = read_audio(folder / f"{v2a}.wav")
+    assert source_frames.shape == (408, 72, 96, 3) and fps == source_fps == 34
+    assert np.array_equal(frames, source_frames)
+    assert wave.shape == (12 * 16000,) and rate == 16000
+    assert results[v2a]["windows"] == [0, 3, 6, 8] and results[v2a]["num_frames"] == 12 * 17
+    assert summary["spans"][v2a]["video_copied"] is True
+    assert len(summary["spans"][v2a]["av_align"]) == len(summary["spans"][v2a]["av_align_own"]) == 1 + 4
+
+    def given(key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The audible clip a job was given, prepared as generate does, its sound as a written wav reads back."""
+        clip = prepare_media(out / "prompts" / "spans" / f"{key}.mp4", replace(spec, seconds=4.0))
+        write_wav(out.parent / "given.wav", clip.audio, 16000)
+        return clip.video, read_audio(out.parent / "given.wav")[0]
+
+    # extend: 8 s, of which the first 4 s are the given clip's (its sound bit-exact, its frames through H.264)
+    given_frames, given_wave = given(extend_key)
+    frames, fps = read_video(folder / f"{extend}.mp4")
+    wave, _ = read_audio(folder / f"{extend}.wav")
+    assert frames.shape == (int(EXTEND_SECONDS * 17), 32, 32, 3) and fps == 17
+    assert wave.shape == (int(EXTEND_SECONDS * 16000),)
+    assert np.array_equal(wave[:64000], given_wave)
+    assert np.abs(frames[:68].astype(int) - given_frames).mean() < 3
+    assert results[extend]["windows"] == [3, 4]
+    for job in (extend, retake):
+        check = summary["spans"][job]
+        # the given frames came through H.264 alone: closer than the codecs' round trip would have left them
+        assert check["sound_exact"] is True and check["frames_error"] < check["frames_error_codecs"], check
+
+    # retake: 4 s; outside 1.5-2.5 s the given clip's sound bit-exact; inside, new sound
+    given_frames, given_wave = given(retake_key)
+    frames, _ = read_video(folder / f"{retake}.mp4")
+    wave, _ = read_audio(folder / f"{retake}.wav")
+    assert frames.shape == (68, 32, 32, 3) and wave.shape == (64000,)
+    inside = np.zeros(64000, bool)
+    inside[round(RETAKE_SPAN[0] * 16000) : round(RETAKE_SPAN[1] * 16000)] = True
+    assert np.array_equal(wave[~inside], given_wave[~inside]) and not np.array_equal(wave[inside], given_wave[inside])
+    outside = np.ones(68, bool)
+    outside[round(RETAKE_SPAN[0] * 17) : round(RETAKE_SPAN[1] * 17)] = False
+    assert np.abs(frames[outside].astype(int) - given_frames[outside]).mean() < 3
+    assert "bit-exact" in printed and "stream copied" in printed and "V2A of a 12 s source: AV-Align" in printed
 
 
 def test_demo_counts_must_be_positive(tmp_path: Path):

@@ -126,3 +126,28 @@ def test_written_world_survives_the_clip_stage_in_sync(tmp_path: Path):
             # frames are shown from their timestamp on, so the picture may trail by up to 1/34 s)
             lowest = max(near, key=lambda i: rows[i])
             assert abs(lowest - frame) <= 1.0, f"click at {event:.2f} s, ball lowest at {lowest / fps:.2f} s"
+
+
+def test_a_long_source_is_the_same_world_filmed_longer_and_held_out(tmp_path: Path):
+    """`write_long_sources`: a 12 s source from its first instant, events over all of it, tied to its sound, and
+    parameters no world clip of the same seed has; the world's own files are left as they were."""
+    from uniform_cli.demo.world import long_spec, write_long_sources
+    from uniform_cli.media.io import read_audio, read_video
+    from uniform_cli.prep.manifest import read_manifest
+
+    _, world = write_world(tmp_path / "world", {"train": 2, "test": 1}, seed=3, kinds=["light"])
+    before = (tmp_path / "world" / "world.csv").read_text()
+    manifest, (long,) = write_long_sources(tmp_path / "world", ["light"], 12.0, seed=3)
+    assert (tmp_path / "world" / "world.csv").read_text() == before and read_world(tmp_path / "world") == world
+    assert read_world(tmp_path / "world", "long") == [long]
+    (item,) = read_manifest(manifest)
+    assert (item.key, item.start, item.end, item.label) == ("light_long_000", 0.0, 12.0, "flashing light")
+
+    frames, fps = read_video(tmp_path / "world" / long.path)
+    wave, rate = read_audio(tmp_path / "world" / long.path)
+    assert frames.shape == (408, SPEC.height, SPEC.width, 3) and fps == SPEC.fps
+    assert abs(len(wave) / rate - 12.0) < 0.05
+    assert max(long.events) > 10.0 and len(long.events) >= 8  # flashes all the way through
+    scene = render_scene("light", long.seed, long_spec(SPEC, 12.0))
+    assert long.events == [round(e, 6) for e in scene.events]  # on the source's own timeline (start 0)
+    assert long.seed not in {c.seed for c in world}  # a world clip's seed would replay its flashes

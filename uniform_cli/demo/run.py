@@ -1,17 +1,23 @@
 """The demo driver: the built-in world through every real stage of the toolkit, then what came out, measured.
 
-    world     uniform_cli.demo.world          OUT/world/sources/*.mp4 + world.csv (a toolkit manifest)
+    world     uniform_cli.demo.world          OUT/world/sources/*.mp4 + world.csv (a toolkit manifest),
+                                              and a held-out 12 s source (long.csv)
     clip      `uniform clip --crf 0`          OUT/data/clips/  (32 x 32, 17 fps, 4 s, 16 kHz, lossless)
     caption   `uniform caption --captioner labels`
     encode    `uniform encode --recipe`       OUT/data/shards/ ("pixel" + "mel" latents, "hash" text)
     train     `uniform train`                 OUT/runs/demo/   (DeepSpeed, gloo on the CPU)
     generate  `uniform generate` per task     OUT/generated/{t2av,a2v,v2a}/*.mp4|.wav
+    spans     `uniform generate` of one CSV   OUT/generated/spans/: a 12 s V2A, a 4 s clip extended to 8 s and
+                                              a 1 s retake (uniform_cli.demo.spans)
     eval      uniform_cli.eval.run.evaluate   OUT/generated/{task}/metrics.json (AV-Align)
-    report    contact sheet, AV-Align table (generated, reference, shuffled pairs), nearest-kind accuracy
+    report    contact sheet, AV-Align table (generated, reference, shuffled pairs), nearest-kind accuracy,
+              the span outputs' lengths and given parts (bit-exact sound, copied video)
 
 Stages run as `python -m uniform_cli.cli.main ...` subprocesses in OUT, exactly as a user would type them;
 their own progress and summaries are shown. T2AV is asked for each kind by its caption; A2V and V2A get the
 held-out test clips' sound or picture and no text, so what they make comes from the given modality alone.
+Then one more CSV asks for outputs of other spans and lengths (`demo.spans`): the sound of a held-out 12 s
+source, window by window; a held-out clip extended from 4 s to 8 s; 1 s of another retaken.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 
 from uniform_cli.atomic import write_text_atomic
 from uniform_cli.config import Recipe
+from uniform_cli.demo.spans import SPAN_FOLDER, SPAN_KINDS, SpanCheck, SpanJob, span_jobs, write_span_prompts
 
 MARKER = ".uniform-demo"
 """A file in OUT saying the demo made it, so a rerun may clear what it made before."""
@@ -61,6 +68,8 @@ class DemoSettings:
     """Seed of the world (and of training and sampling through the recipe)."""
     workers: int = 2
     """Worker processes / threads of the data stages."""
+    long_seconds: float = 12.0
+    """Length of the held-out long source whose sound V2A makes, window by window."""
 
 
 QUICK = DemoSettings(train_per_kind=2, test_per_kind=1, t2av_samples=2, steps=4, sample_steps=2)
@@ -91,6 +100,8 @@ class DemoReport:
     correlation_p_values: dict[str, float] = field(default_factory=dict)
     """Per row of true pairs, the share of random re-pairings whose correlation is as high."""
     sheet: str = ""
+    spans: dict[str, SpanCheck] = field(default_factory=dict)
+    """Per span output (`demo.spans`): its lengths and how what it was given came through."""
 
 
 def default_recipe() -> Path:
@@ -157,7 +168,7 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
     from rich.console import Console
 
     from uniform_cli.config import load_recipe, recipe_to_toml
-    from uniform_cli.demo.world import WorldSpec, write_world
+    from uniform_cli.demo.world import WorldSpec, write_long_sources, write_world
 
     console = console or Console()
     start = time.perf_counter()
@@ -180,6 +191,10 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
                                seed=settings.seed, spec=spec)
         console.print(f"{len(clips)} sources of {spec.seconds:g} s at {spec.width}x{spec.height}, {spec.fps:g} fps, "
                       f"{spec.sample_rate} Hz in {out / 'world/sources'}; manifest {out / 'world/world.csv'}")
+        long, (long_source,) = write_long_sources(out / "world", [SPAN_KINDS["v2a"]], settings.long_seconds,
+                                                  seed=settings.seed, spec=spec)
+        console.print(f"a held-out {settings.long_seconds:g} s source for V2A: {out / 'world' / long_source.path}; "
+                      f"manifest {long}")
     with stages.timed("clip"):
         # lossless clips (in yuv420p): a rerun gives exactly the same clips (see write_mp4)
         stages.uniform("clip", "world/world.csv", "--root", "data", "--fps", data.fps, "--size", data.size,
@@ -204,6 +219,13 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
             if settings.sample_steps is not None:
                 args += ["--steps", settings.sample_steps]
             stages.uniform(*args)
+    spans = span_jobs(long_source, test)
+    with stages.timed("spans"):
+        prompts = write_span_prompts(out, spans)
+        args = ["generate", prompts.relative_to(out), "--checkpoint", checkpoint, "--out", SPAN_FOLDER]
+        if settings.sample_steps is not None:
+            args += ["--steps", settings.sample_steps]
+        stages.uniform(*args)
 
     with stages.timed("eval"):
         from uniform_cli.eval.run import evaluate, write_metrics
@@ -214,7 +236,7 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
             write_metrics(folder / "metrics.json", result)
             console.print(f"{folder / 'metrics.json'}: AV-Align {result.values['av_align']:.3f}")
     with stages.timed("report"):
-        report = measure(out, clips, recipe, console, settings.t2av_samples)
+        report = measure(out, clips, recipe, console, settings.t2av_samples, spans)
     stages.seconds["total"] = time.perf_counter() - start
     report.seconds = stages.seconds
     write_text_atomic(out / "summary.json", json.dumps(asdict(report), indent=2) + "\n")
@@ -258,8 +280,10 @@ def _load(folder: Path, key: str) -> tuple[np.ndarray, float, np.ndarray, int]:
     return frames, fps, wave, rate
 
 
-def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int = 1) -> DemoReport:
-    """AV-Align rows, nearest-kind accuracies and the contact sheet, from the files the stages wrote."""
+def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int = 1,
+            spans: list[SpanJob] | None = None) -> DemoReport:
+    """AV-Align rows, nearest-kind accuracies, the span outputs' checks and the contact sheet, from the files
+    the stages wrote."""
     import torch
 
     from uniform_cli.demo.measure import (
@@ -276,7 +300,8 @@ def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int =
         video_features,
     )
     from uniform_cli.demo.sheet import SheetBlock, SheetRow, write_contact_sheet
-    from uniform_cli.generate.runner import sample_names
+    from uniform_cli.demo.spans import check_span, load_span, span_blocks
+    from uniform_cli.generate.prompts import sample_names
     from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
 
     clip_dir = out / "data" / "clips"
@@ -355,6 +380,8 @@ def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int =
                      f"sounds {pred_a['v2a']}"),
         ]
         blocks.append(SheetBlock(f"{kind}: \"{c.label}\"", rows))
+    span_media = [load_span(out, job, recipe.data.clip) for job in spans or []]
+    blocks += span_blocks(span_media)
     sheet = write_contact_sheet(out / "contact_sheet.png", blocks,
                                 "uniform demo: frames (left) and log-mel (right, time across, pitch up)")
     console.print(f"contact sheet: {sheet}")
@@ -370,6 +397,7 @@ def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int =
         correlation=correlation,
         correlation_p_values=correlation_p,
         sheet=str(sheet),
+        spans={m.job.name: check_span(out, m, recipe.data.clip, video_codec) for m in span_media},
     )
 
 
@@ -416,8 +444,12 @@ def print_report(report: DemoReport, console) -> None:
     console.print("Motion-onset correlation: per frame, the mean change of the grey picture against the sound's "
                   "onset strength, correlated over the clip; unlike AV-Align, grain hardly moves it "
                   "(uniform_cli/demo/measure.py).")
+    if report.spans:
+        from uniform_cli.demo.spans import print_spans
+
+        print_spans(report.spans, console)
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items() if k != "total")
     total = report.seconds["total"]
     console.print(f"time: {times}; [bold]total {total:.0f} s[/bold] ({total / 60:.1f} min)")
-    console.print(f"outputs: {report.out}/generated/{{t2av,a2v,v2a}}/*.mp4, contact sheet {report.sheet}, "
+    console.print(f"outputs: {report.out}/generated/{{t2av,a2v,v2a,spans}}/*.mp4, contact sheet {report.sheet}, "
                   f"numbers {report.out}/summary.json")

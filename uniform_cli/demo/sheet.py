@@ -5,8 +5,10 @@
     │ (caption)    │                               │ up), event ticks    │
     └──────────────┴───────────────────────────────┴─────────────────────┘
 
-Rows are grouped into blocks (one per kind of scene: reference, then what each task generated), so
-generated rows can be compared with the reference right above them.
+Rows are grouped into blocks (one per kind of scene: reference, then what each task generated; then one per
+output of another span or length: what it was given, then the output), so generated rows can be compared with
+the reference right above them. A row spans its own clip, whatever its length (frames sampled evenly across
+it); where only part of a row was generated, that part is outlined on its frames and its mel.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ TITLE_WIDTH = 190
 GAP = 4
 BACKGROUND = (24, 24, 28)
 TEXT = (230, 230, 230)
+OUTLINE = (250, 200, 90)
 
 
 @dataclass
@@ -38,6 +41,9 @@ class SheetRow:
     sample_rate: int
     note: str = ""
     """Second title line (e.g. "given" or the predicted kind)."""
+    generated: tuple[float, float] | None = None
+    """Seconds (start, end) of the row in which its picture and sound were generated, outlined (None: none
+    outlined)."""
 
 
 @dataclass
@@ -71,14 +77,36 @@ def mel_image(wave: np.ndarray, sample_rate: int, width: int = MEL_WIDTH, height
     return np.asarray(Image.fromarray(picture).resize((width, height), Image.BILINEAR))
 
 
+def strip_index(num_frames: int, count: int = FRAMES_PER_ROW) -> np.ndarray:
+    """The frames a strip shows: `count` evenly spread over the clip, first and last included."""
+    return np.linspace(0, num_frames - 1, count).round().astype(int)
+
+
 def frame_strip(frames: np.ndarray, count: int = FRAMES_PER_ROW, tile: int = TILE) -> np.ndarray:
-    """`count` frames evenly spread over the clip, side by side, each `tile` x `tile`."""
+    """`count` frames evenly spread over the clip, side by side, each `tile` x `tile` (the central square of
+    a frame that is not square, as clips are cut)."""
     from PIL import Image
 
-    index = np.linspace(0, len(frames) - 1, count).round().astype(int)
-    tiles = [np.asarray(Image.fromarray(frames[i]).resize((tile, tile), Image.NEAREST)) for i in index]
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = frames[:, top : top + side, left : left + side]
+    tiles = [np.asarray(Image.fromarray(square[i]).resize((tile, tile), Image.NEAREST))
+             for i in strip_index(len(frames), count)]
     gap = np.full((tile, 2, 3), BACKGROUND, np.uint8)
     return np.concatenate([t for pair in zip(tiles, [gap] * count) for t in pair][:-1], axis=1)
+
+
+def _outline(draw, row: SheetRow, strip_left: int, mel_left: int, top: int) -> None:
+    """Outline the frames of `row` that show its generated seconds, and those seconds of its mel."""
+    seconds = len(row.wave) / row.sample_rate
+    start, end = row.generated
+    for k, i in enumerate(strip_index(len(row.frames))):
+        if start <= i / len(row.frames) * seconds < end:
+            x = strip_left + k * (TILE + 2)
+            draw.rectangle((x, top, x + TILE - 1, top + TILE - 1), outline=OUTLINE)
+    x0, x1 = (mel_left + round(t / seconds * (MEL_WIDTH - 1)) for t in (start, min(end, seconds)))
+    draw.rectangle((x0, top, x1, top + TILE - 1), outline=OUTLINE)
 
 
 def write_contact_sheet(path: str | Path, blocks: list[SheetBlock], title: str = "") -> Path:
@@ -102,7 +130,10 @@ def write_contact_sheet(path: str | Path, blocks: list[SheetBlock], title: str =
             if row.note:
                 draw.text((GAP, y + 26), row.note, fill=(170, 170, 170))
             sheet.paste(Image.fromarray(frame_strip(row.frames)), (TITLE_WIDTH, y))
-            sheet.paste(Image.fromarray(mel_image(row.wave, row.sample_rate)), (TITLE_WIDTH + strip_width + GAP, y))
+            mel_left = TITLE_WIDTH + strip_width + GAP
+            sheet.paste(Image.fromarray(mel_image(row.wave, row.sample_rate)), (mel_left, y))
+            if row.generated is not None:
+                _outline(draw, row, TITLE_WIDTH, mel_left, y)
             y += row_height
         y += GAP
     path = Path(path)

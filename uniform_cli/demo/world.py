@@ -18,13 +18,15 @@ which would drown AV-Align's motion peaks.
 `write_world` writes `sources/{key}.mp4` (H.264 + AAC), a toolkit manifest `world.csv`
 (id,url,start,end,label,split) that the real stages consume, and `world.jsonl` with every clip's parameters and
 the times of its sound-making events on the clip's timeline (seconds from the manifest start).
+`write_long_sources` films the same world for longer: held-out sources of any length (`long_spec`: all of the
+source is the clip), beside the world's as `sources/{kind}_long_000.mp4`, `long.csv` and `long.jsonl`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -346,39 +348,72 @@ def write_world(
     Writes `out/world.csv` (the toolkit's manifest: id,url,start,end,label,split, urls relative to it) and
     `out/world.jsonl` (one WorldClip per line). Keys look like `ball_train_003`.
     """
-    from uniform_cli.media.io import write_mp4
-
     out = Path(out)
-    sources = out / "sources"
-    sources.mkdir(parents=True, exist_ok=True)
+    (out / "sources").mkdir(parents=True, exist_ok=True)
     kinds = list(KINDS) if kinds is None else kinds
     clips: list[WorldClip] = []
     for s, (split, count) in enumerate(clips_per_kind.items()):
         for kind in kinds:
             for i in range(count):
                 clip_seed = seed * 1_000_003 + s * 10_007 + i
-                key = f"{kind}_{split}_{i:03d}"
-                path = sources / f"{key}.mp4"
-                scene = render_scene(kind, clip_seed, spec)
-                if not path.exists():  # sources are a pure function of (kind, seed, spec): a rerun keeps them
-                    write_mp4(path, scene.frames, spec.fps, scene.wave, spec.sample_rate)
-                end = spec.start + spec.clip_seconds
-                inside = [round(e - spec.start, 6) for e in scene.events if spec.start <= e < end]
-                clips.append(WorldClip(key, kind, scene.label, split, f"sources/{key}.mp4", clip_seed, inside,
-                                       {k: v for k, v in scene.params.items()}))
-    manifest = out / "world.csv"
+                clips.append(_write_source(out, f"{kind}_{split}_{i:03d}", kind, split, clip_seed, spec))
+    return _write_manifest(out, "world", clips, spec), clips
+
+
+LONG_SEEDS = 900_000
+"""Offset of the long sources' seeds within a world seed's block (a split's clips use split * 10_007 + i), so
+that no long source replays the parameters of a world clip: it is held out."""
+
+
+def long_spec(spec: WorldSpec, seconds: float) -> WorldSpec:
+    """The camera of `spec` filming for `seconds`, all of it the clip (manifest start 0)."""
+    return replace(spec, seconds=seconds, start=0.0, clip_seconds=seconds)
+
+
+def write_long_sources(
+    out: str | Path, kinds: list[str], seconds: float, seed: int = 0, spec: WorldSpec = WorldSpec()
+) -> tuple[Path, list[WorldClip]]:
+    """One held-out source of each of `kinds`, `seconds` long, of the same world as `write_world(out, ...,
+    seed, spec)`: `out/sources/{kind}_long_000.mp4`, manifest `out/long.csv` and `out/long.jsonl` (split "long";
+    events on the source's own timeline)."""
+    out = Path(out)
+    (out / "sources").mkdir(parents=True, exist_ok=True)
+    long = long_spec(spec, seconds)
+    clips = [_write_source(out, f"{kind}_long_000", kind, "long", seed * 1_000_003 + LONG_SEEDS, long)
+             for kind in kinds]
+    return _write_manifest(out, "long", clips, long), clips
+
+
+def _write_source(out: Path, key: str, kind: str, split: str, clip_seed: int, spec: WorldSpec) -> WorldClip:
+    """Render `key` into `out/sources/{key}.mp4` and say what the manifest says about it."""
+    from uniform_cli.media.io import write_mp4
+
+    path = out / "sources" / f"{key}.mp4"
+    scene = render_scene(kind, clip_seed, spec)
+    if not path.exists():  # sources are a pure function of (kind, seed, spec): a rerun keeps them
+        write_mp4(path, scene.frames, spec.fps, scene.wave, spec.sample_rate)
+    end = spec.start + spec.clip_seconds
+    inside = [round(e - spec.start, 6) for e in scene.events if spec.start <= e < end]
+    return WorldClip(key, kind, scene.label, split, f"sources/{key}.mp4", clip_seed, inside,
+                     {k: v for k, v in scene.params.items()})
+
+
+def _write_manifest(out: Path, name: str, clips: list[WorldClip], spec: WorldSpec) -> Path:
+    """`out/{name}.csv` (id,url,start,end,label,split) and `out/{name}.jsonl` (one WorldClip per line)."""
+    manifest = out / f"{name}.csv"
     with atomic_path(manifest) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "url", "start", "end", "label", "split"])
             for c in clips:
                 w.writerow([c.key, c.path, spec.start, spec.start + spec.clip_seconds, c.label, c.split])
-    with atomic_path(out / "world.jsonl") as tmp:
+    with atomic_path(out / f"{name}.jsonl") as tmp:
         Path(tmp).write_text("".join(json.dumps(asdict(c)) + "\n" for c in clips))
-    return manifest, clips
+    return manifest
 
 
-def read_world(out: str | Path) -> list[WorldClip]:
-    """The clips `write_world` wrote into `out` (from world.jsonl)."""
-    lines = (Path(out) / "world.jsonl").read_text().splitlines()
+def read_world(out: str | Path, name: str = "world") -> list[WorldClip]:
+    """The clips `write_world` (or, with name "long", `write_long_sources`) wrote into `out` (from
+    `{name}.jsonl`)."""
+    lines = (Path(out) / f"{name}.jsonl").read_text().splitlines()
     return [WorldClip(**json.loads(line)) for line in lines if line.strip()]
