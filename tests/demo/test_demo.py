@@ -9,6 +9,7 @@ import pytest
 
 from uniform_cli.config import load_recipe
 from uniform_cli.demo.run import MARKER, QUICK, DemoError, prepare_out
+from uniform_cli.model.checkpoint import checkpoint_folder
 
 
 def test_quick_demo_end_to_end(tmp_path: Path):
@@ -82,7 +83,7 @@ def test_quick_demo_end_to_end(tmp_path: Path):
     result = CliRunner().invoke(app, ["train", str(debug), "--set", f"data.shards=['{out / 'data' / 'shards'}']",
                                       "--set", f"train.output_dir='{tmp_path / 'runs'}'", "--set", "train.steps=2"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "runs" / "debug" / "checkpoints" / "latest" / "model.safetensors").is_file()
+    assert (checkpoint_folder(tmp_path / "runs" / "debug" / "checkpoints" / "latest") / "model.safetensors").is_file()
 
 
 def _check_span_outputs(out: Path, summary: dict, printed: str) -> None:

@@ -42,6 +42,8 @@ def test_inputs_are_checked(pipe):
         pipe(["x"], Task.V2A, video=[np.zeros((10, 128, 128, 3), np.float32)], steps=2)
     with pytest.raises(PipelineError, match="uint8 F 128 128 3"):
         pipe(["x"], Task.V2A, video=[np.zeros((10, 64, 64, 3), np.uint8)], steps=2)
+    with pytest.raises(PipelineError, match="audio must be float `S` at 16000 Hz"):
+        pipe(["x"], Task.A2V, audio=[np.zeros((2, 16000), np.float32)], steps=2)
     with pytest.raises(PipelineError, match="2 tasks for 1 captions"):
         pipe(["x"], [Task.T2AV, Task.A2V], steps=2)
 

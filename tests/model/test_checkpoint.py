@@ -273,3 +273,17 @@ def test_opensora_missing_temporal_blocks_is_an_error(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"missing keys: temporal_blocks\.1\."):
         load_opensora_weights(random_model(debug_config()), tmp_path / "model.safetensors")
+
+
+def test_checkpoint_folder_reads_deepspeeds_latest_tag_file(tmp_path):
+    from uniform_cli.model.checkpoint import CheckpointError, checkpoint_folder
+
+    ckpts = tmp_path / "runs" / "x" / "checkpoints"
+    (ckpts / "step_000004").mkdir(parents=True)
+    (ckpts / "latest").write_text("step_000004")
+    assert checkpoint_folder(ckpts / "latest") == ckpts / "step_000004"
+    assert checkpoint_folder(tmp_path / "runs" / "x") == ckpts / "step_000004"  # a run folder: its newest
+    assert checkpoint_folder(ckpts / "step_000004") == ckpts / "step_000004"
+    (ckpts / "latest").write_text("../../elsewhere")
+    with pytest.raises(CheckpointError, match="does not name a checkpoint folder beside it"):
+        checkpoint_folder(ckpts / "latest")

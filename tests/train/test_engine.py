@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.train.test_loop import losses, make_recipe, shards  # noqa: F401 (shards is a fixture)
+from uniform_cli.model.checkpoint import checkpoint_folder
 from uniform_cli.train.loop import train
 
 
@@ -26,7 +27,7 @@ class _Planted:
 def test_resume_refuses_a_planted_pickle_and_runs_nothing(tmp_path, shards):  # noqa: F811
     recipe = make_recipe(tmp_path, shards, "planted", steps=4)
     train(recipe, stop_after=2)
-    states = tmp_path / "planted" / "checkpoints" / "latest" / "mp_rank_00_model_states.pt"
+    states = checkpoint_folder(tmp_path / "planted" / "checkpoints" / "latest") / "mp_rank_00_model_states.pt"
     real = torch.load(states, weights_only=True)
     marker = tmp_path / "code_ran"
     torch.save({**real, "client": _Planted(str(marker))}, states)
@@ -44,12 +45,18 @@ def test_zero1_resume_loads_deepspeed_state_classes_and_repeats_the_run(tmp_path
     whole = train(make_recipe(tmp_path, shards, "z1whole", steps=2, zero_stage=1))
     halves = make_recipe(tmp_path, shards, "z1halves", steps=2, zero_stage=1)
     train(halves, stop_after=1)
-    optim = next((tmp_path / "z1halves" / "checkpoints" / "latest").glob("*optim_states.pt"))
+    optim = next(checkpoint_folder(tmp_path / "z1halves" / "checkpoints" / "latest").glob("*optim_states.pt"))
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(optim))  # classes beyond tensors
     train(halves, resume="latest")
     assert losses(tmp_path / "z1halves") == losses(whole)
-    state = json.loads((tmp_path / "z1halves" / "checkpoints" / "latest" / "trainer_state.json").read_text())
+    state = json.loads((checkpoint_folder(tmp_path / "z1halves" / "checkpoints" / "latest")
+                        / "trainer_state.json").read_text())
     assert state["step"] == 2
+    # DeepSpeed's own tools read the run's checkpoints folder through its `latest` tag file.
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    consolidated = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path / "z1halves" / "checkpoints"))
+    assert consolidated and all(torch.isfinite(v).all() for v in consolidated.values())
 
 
 def test_a_scheduler_in_the_deepspeed_table_replaces_ours():

@@ -75,14 +75,14 @@ class GenerationResult:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (config.json + model.safetensors), following a `latest` symlink; a run folder
-    (`runs/NAME`) means its `checkpoints/latest`."""
-    from uniform_cli.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+    """A checkpoint folder (config.json + model.safetensors); `runs/NAME/checkpoints/latest` (DeepSpeed's tag
+    file) means the newest checkpoint, and a run folder (`runs/NAME`) its newest checkpoint."""
+    from uniform_cli.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, checkpoint_folder
 
-    folder = Path(path).expanduser()
-    if not (folder / CONFIG_NAME).is_file() and (folder / "checkpoints" / "latest").exists():
-        folder = folder / "checkpoints" / "latest"
-    folder = folder.resolve()
+    try:
+        folder = checkpoint_folder(path).resolve()
+    except CheckpointError as e:
+        raise PipelineError(str(e)) from None
     if not folder.is_dir():
         raise PipelineError(f"checkpoint {path} does not exist; pass a folder written by `uniform train` "
                             f"(runs/NAME/checkpoints/latest)")
@@ -295,7 +295,7 @@ class UniFormPipeline:
                 raise PipelineError(f"row {i}: {name} must be uint8 {dims}{size} {size} 3 (prepared with "
                                     f"uniform_cli.media.prepare.prepare_media(path, spec)), got {x.dtype} {list(x.shape)}")
         if job.audio is not None and (job.audio.ndim != 1 or not np.issubdtype(job.audio.dtype, np.floating)):
-            raise PipelineError(f"row {i}: audio must be float `S` at {spec.sample_rate} Hz, got "
+            raise PipelineError(f"row {i}: audio must be float `S` at {self.spec.sample_rate} Hz, got "
                                 f"{job.audio.dtype} {list(job.audio.shape)}")
 
     @torch.inference_mode()

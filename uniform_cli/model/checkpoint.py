@@ -24,6 +24,8 @@ from uniform_cli.pretrained import read_state_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+LATEST = "latest"
+"""DeepSpeed's tag file in a checkpoints folder: it holds the name of the newest complete checkpoint."""
 
 
 class CheckpointError(ValueError):
@@ -92,14 +94,28 @@ def save_pretrained(model: UniForm, folder: str | Path) -> Path:
     return folder
 
 
+def checkpoint_folder(path: str | Path) -> Path:
+    """The checkpoint folder `path` names: a folder itself; a `latest` tag file (DeepSpeed's, which `uniform
+    train` writes) means the folder it names beside it; a run folder (`runs/NAME`) means its newest checkpoint."""
+    path = Path(path).expanduser()
+    if path.is_dir() and not (path / CONFIG_NAME).is_file() and (path / "checkpoints" / LATEST).exists():
+        path = path / "checkpoints" / LATEST
+    if path.name == LATEST and path.is_file() and not path.is_symlink():
+        tag = path.read_text(encoding="utf-8", errors="replace").strip()
+        if not tag or "/" in tag or "\\" in tag or tag.startswith("."):
+            raise CheckpointError(f"{path} does not name a checkpoint folder beside it (it holds {tag[:40]!r})")
+        return path.parent / tag
+    return path
+
+
 def load_pretrained(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> UniForm:
-    """The UniForm saved by `save_pretrained` in `folder`, with its weights exactly as stored. The config is
+    """The UniForm saved by `save_pretrained` in `folder` (or the one `checkpoint_folder` finds), with its weights exactly as stored. The config is
     checked against the weights' names and shapes (from the file's header) before any model is built; a
     truncated file, a config of the wrong kind and non-finite weights are CheckpointErrors naming the file."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = checkpoint_folder(folder)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():

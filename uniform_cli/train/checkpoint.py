@@ -7,7 +7,8 @@
             recipe.toml                      the resolved recipe (codecs, diffusion and sampling settings)
             trainer_state.json               step, samples seen, loader position
             rng_rank0.pt ...                 each rank's RNG states
-        latest -> step_000200                a relative symlink, moved when a checkpoint is complete
+        latest                               "step_000200": DeepSpeed's tag file, rewritten (atomically) when a
+                                             checkpoint is complete, so DeepSpeed's own tools find it too
 
 A checkpoint is written as `step_N.partial/` and renamed when every rank has finished, so a run killed while
 saving leaves nothing that `--resume latest` would trust.
@@ -24,6 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from uniform_cli.atomic import write_text_atomic
+from uniform_cli.model.checkpoint import LATEST, checkpoint_folder
 
 STATE_FILE = "trainer_state.json"
 
@@ -57,7 +61,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, state: dict[str, Any], recipe_toml: str,
                     rank: int, keep_last: int) -> Path:
-    """Save everything needed to resume at `step`, export the EMA model, move `latest`, prune old ones."""
+    """Save everything needed to resume at `step`, export the EMA model, point `latest` at it, prune old ones."""
     import torch.distributed as dist
 
     from uniform_cli.model.checkpoint import save_pretrained
@@ -79,11 +83,7 @@ def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, state: dict[str, Any
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(ckpt_dir / partial, final)
-        link = ckpt_dir / "latest"
-        tmp_link = ckpt_dir / ".latest.tmp"
-        tmp_link.unlink(missing_ok=True)
-        tmp_link.symlink_to(tag)
-        os.replace(tmp_link, link)
+        write_text_atomic(ckpt_dir / LATEST, tag)  # replaces the symlink of runs made before, not its target
         for old in sorted(ckpt_dir.glob("step_[0-9]*[0-9]"))[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -93,9 +93,9 @@ def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, state: dict[str, Any
 def resume_folder(path: str, ckpt_dir: Path) -> Path:
     """The resumable checkpoint `--resume` names: `latest` (in `ckpt_dir`) or a checkpoint folder; a clear
     error when there is none."""
-    folder = ckpt_dir / "latest" if path == "latest" else Path(path)
+    folder = checkpoint_folder(ckpt_dir / LATEST if path == LATEST else path)
     if not (folder / STATE_FILE).is_file():
-        where = f"{ckpt_dir}/latest" if path == "latest" else str(folder)
+        where = f"{ckpt_dir}/latest ({folder.name})" if path == LATEST else str(folder)
         raise FileNotFoundError(f"no resumable checkpoint at {where} (expected {STATE_FILE} inside)")
     return folder.resolve()
 
