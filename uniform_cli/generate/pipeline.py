@@ -30,6 +30,7 @@ from uniform_cli.generate.jobs import (
     Job,
     JobError,
     Timeline,
+    latent_bounds,
     level_match,
     next_window,
     plan_timeline,
@@ -384,20 +385,19 @@ class UniFormPipeline:
         frame_slices = [slice(s * fps, s * fps + n_frames) for s in starts]
         sample_slices = [slice(s * rate, s * rate + n_samples) for s in starts]
         latent_slices = [slice(s * per_second, s * per_second + latent) for s in starts]
-        gen_video = torch.tensor(np.stack([(tl.generate_video & ~tl.done_video)[sl]
-                                           for tl, sl in zip(timelines, latent_slices)]), device=self.device)
-        gen_audio = torch.tensor(np.stack([(tl.generate_audio & ~tl.done_audio)[sl]
-                                           for tl, sl in zip(timelines, latent_slices)]), device=self.device)
+        # What this window generates, per latent frame: kept on the host for the bookkeeping, sent once.
+        gen_video = np.stack([(tl.generate_video & ~tl.done_video)[sl] for tl, sl in zip(timelines, latent_slices)])
+        gen_audio = np.stack([(tl.generate_audio & ~tl.done_audio)[sl] for tl, sl in zip(timelines, latent_slices)])
         b = len(timelines)
 
         clock = time.perf_counter()
         given = AV(torch.zeros(b, *cfg.video_latent, device=self.device),
                    torch.zeros(b, *cfg.audio_latent, device=self.device))
-        rows = [i for i in range(b) if not bool(gen_video[i].all())]
+        rows = [i for i in range(b) if not gen_video[i].all()]
         if rows:
             frames = torch.from_numpy(np.stack([timelines[i].frames[frame_slices[i]] for i in rows]))
             given.video[rows] = self._encode_video(frames)
-        rows = [i for i in range(b) if not bool(gen_audio[i].all())]
+        rows = [i for i in range(b) if not gen_audio[i].all()]
         if rows:
             wave = torch.from_numpy(np.stack([timelines[i].wave[sample_slices[i]] for i in rows]))
             given.audio[rows] = self._encode_audio(wave)
@@ -405,7 +405,7 @@ class UniFormPipeline:
         timings["encode"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        masks = AV(gen_video, gen_audio)
+        masks = AV(torch.from_numpy(gen_video), torch.from_numpy(gen_audio)).to(self.device)
         if has_text and (settings["cfg_video"] != 1.0 or settings["cfg_audio"] != 1.0):
             model_fn = guided_model_fn(self.model, masks, text, text_mask, settings["cfg_video"], settings["cfg_audio"])
         else:  # no caption in the batch, or scale 1: guidance would return the conditional prediction
@@ -416,35 +416,34 @@ class UniFormPipeline:
         timings["denoise"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        video_bounds = np.round(np.arange(latent + 1) * fps / per_second).astype(int)
-        audio_bounds = np.round(np.arange(latent + 1) * rate / per_second).astype(int)
+        video_bounds, audio_bounds = latent_bounds(latent, per_second, fps), latent_bounds(latent, per_second, rate)
         fade_frames, fade_samples = round(CROSSFADE * fps), round(CROSSFADE * rate)
         rows = [i for i in range(b)
-                if bool(gen_video[i].any()) or not timelines[i].filled_frames[frame_slices[i]].all()]
+                if gen_video[i].any() or not timelines[i].filled_frames[frame_slices[i]].all()]
         if rows:
             decoded = self.video_codec.decode(latents.video[rows], n_frames).cpu().numpy()
             for k, i in enumerate(rows):
                 tl, sl = timelines[i], frame_slices[i]
-                write = np.repeat(gen_video[i].cpu().numpy(), np.diff(video_bounds)) | ~tl.filled_frames[sl]
+                write = np.repeat(gen_video[i], np.diff(video_bounds)) | ~tl.filled_frames[sl]
                 write &= ~tl.given_frames[sl]
                 write_back(tl.frames, decoded[k], sl.start, write, tl.given_frames, tl.filled_frames,
                            tl.source_frames, fade_frames, reach=overlap * fps // 2)
                 tl.filled_frames[sl] |= write
-        rows = [i for i in range(b) if bool(gen_audio[i].any())]
+        rows = [i for i in range(b) if gen_audio[i].any()]
         if rows:
             decoded = self.audio_codec.decode(latents.audio[rows]).float().clamp(-1, 1).cpu().numpy()
             if decoded.shape[1] != n_samples:
                 raise PipelineError(f"the audio codec decoded {decoded.shape[1]} samples, not {n_samples}")
             for k, i in enumerate(rows):
                 tl, sl = timelines[i], sample_slices[i]
-                write = np.repeat(gen_audio[i].cpu().numpy(), np.diff(audio_bounds)) & ~tl.given_samples[sl]
+                write = np.repeat(gen_audio[i], np.diff(audio_bounds)) & ~tl.given_samples[sl]
                 decoded[k] *= level_match(tl.wave[sl], decoded[k], tl.filled_samples[sl] & ~write)
                 write_back(tl.wave, decoded[k], sl.start, write, tl.given_samples, tl.filled_samples,
                            tl.source_wave, fade_samples, reach=overlap * rate // 2)
                 tl.filled_samples[sl] |= write
         for i, tl in enumerate(timelines):
-            tl.done_video[latent_slices[i]] |= gen_video[i].cpu().numpy()
-            tl.done_audio[latent_slices[i]] |= gen_audio[i].cpu().numpy()
+            tl.done_video[latent_slices[i]] |= gen_video[i]
+            tl.done_audio[latent_slices[i]] |= gen_audio[i]
             tl.windows.append(starts[i])
         self._sync()
         timings["decode"] += time.perf_counter() - clock

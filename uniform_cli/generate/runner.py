@@ -100,12 +100,10 @@ def _prepare(item: WorkItem, spec: ClipSpec) -> tuple[Job, str | None]:
         job.image = read_image(row.image, spec.size)
     elif row.task != "t2av":
         path = row.audio if row.task == "a2v" else row.video
-        used = row.source_seconds if row.task == "extend" else row.length
+        used = _used_seconds(row)
         clip = prepare_media(path, dataclasses.replace(spec, seconds=used), video=row.task != "a2v",
                              audio=row.task != "v2a", allow_short=True)
-        job.video, job.audio = clip.video, clip.audio
-        if row.task in ("v2a", "a2v", "retake") and job.seconds is None:
-            job.seconds = len(clip.audio) / spec.sample_rate if row.task == "a2v" else len(clip.video) / spec.fps
+        job.video, job.audio = clip.video, clip.audio  # without `seconds`, the job is as long as these
         if used < row.source_seconds - 1.0 / spec.fps:
             note = f"{item.name}: used 0-{used:.2f} s of {path.name} ({row.source_seconds:.2f} s)"
         if clip.padded:
@@ -113,11 +111,15 @@ def _prepare(item: WorkItem, spec: ClipSpec) -> tuple[Job, str | None]:
     return job, note
 
 
+def _used_seconds(row: PromptRow) -> float:
+    """How much of the given media (from its start) the output uses: all of it for extend, else the output's
+    length (at most the media's)."""
+    return row.source_seconds if row.task == "extend" else min(row.length, row.source_seconds)
+
+
 def _segment(row: PromptRow) -> list[float] | None:
     """Seconds `[start, end]` of the given media the output used (None without given media)."""
-    if row.source_seconds is None:
-        return None
-    return [0.0, round(row.source_seconds if row.task == "extend" else min(row.length, row.source_seconds), 3)]
+    return None if row.source_seconds is None else [0.0, round(_used_seconds(row), 3)]
 
 
 def read_image(path: Path, size: int):
