@@ -91,7 +91,8 @@ def test_recipe_errors_keep_table_names_and_name_bad_encodings(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,choices", [
-    ("generate.sampler", "euler", "'ddpm', 'ddim', 'dpm++'"),
+    ("generate.sampler", "heun", "'ddpm', 'ddim', 'dpm++', 'euler'"),
+    ("diffusion.objective", "edm", "'iddpm', 'rflow'"),
     ("diffusion.prediction", "noise", "'eps', 'v', 'x0'"),
     ("data.task_sampling", "batch", "'iteration', 'sample'"),
     ("train.precision", "fp16", "'bf16', 'fp32'"),
@@ -116,8 +117,8 @@ def test_a_choice_must_also_have_the_choices_type():
 
 
 def test_configs_built_in_code_check_their_choices_too():
-    with pytest.raises(ConfigError, match=re.escape("generate.sampler must be one of 'ddpm', 'ddim', 'dpm++', not 'euler'")):
-        GenerateConfig(sampler="euler")
+    with pytest.raises(ConfigError, match=re.escape("generate.sampler must be one of 'ddpm', 'ddim', 'dpm++', 'euler', not 'heun'")):
+        GenerateConfig(sampler="heun")
     with pytest.raises(ConfigError, match="train.precision"):
         TrainConfig(precision="fp16")
 

@@ -1,6 +1,7 @@
 """Integration: a `debug` UniForm trained by `train_step` (the step `uniform train` runs: random tasks, the masked
-hybrid loss, the DeepSpeed engine's AdamW) overfits one (video, audio, text) example, and its A2V and V2A samples
-land near the held example. Run with `pytest -s` to see the numbers."""
+loss of the objective, the DeepSpeed engine's AdamW) overfits one (video, audio, text) example, and its A2V and V2A
+samples land near the held example, for IDDPM (sampled with DDIM) and for rectified flow (Euler). Run with
+`pytest -s` to see the numbers."""
 
 import itertools
 import time
@@ -8,9 +9,9 @@ import time
 import pytest
 import torch
 
-from uniform_cli.config import PRESETS, DataConfig, DiffusionConfig, TrainConfig
+from uniform_cli.config import PRESETS, ClipSpec, DataConfig, DiffusionConfig, TrainConfig
 from uniform_cli.diffusion.guidance import conditional_model_fn
-from uniform_cli.diffusion.samplers import sample_ddim
+from uniform_cli.diffusion.samplers import sample_ddim, sample_euler
 from uniform_cli.diffusion.schedule import make_schedule
 from uniform_cli.diffusion.tasks import task_masks
 from uniform_cli.latents.loader import LatentBatch
@@ -43,8 +44,22 @@ def _example(cfg, gen: torch.Generator):
     return x0, text, mask
 
 
+def _samples(model_fn, schedule, noise, x0, generated, gen, objective: str) -> tuple[AV, AV]:
+    """A stochastic and a deterministic sample: DDIM-25 with eta 1 and 0 (IDDPM); Euler-10 twice (rflow, which
+    has only the deterministic sampler)."""
+    if objective == "rflow":
+        sample = sample_euler(model_fn, schedule, noise, x0, generated, 10)
+        return sample, sample
+    # eta = 1: after a few hundred CPU steps the noise prediction at the noisiest steps still carries a
+    # small systematic error that deterministic DDIM (eta = 0) accumulates; fresh noise at each step
+    # washes it out. The eta = 0 distance is printed for the record.
+    return (sample_ddim(model_fn, schedule, noise, x0, generated, 25, eta=1.0, generator=gen),
+            sample_ddim(model_fn, schedule, noise, x0, generated, 25, eta=0.0))
+
+
 @pytest.mark.slow
-def test_debug_model_overfits_one_example_and_samples_near_it():
+@pytest.mark.parametrize("objective", ["iddpm", "rflow"])
+def test_debug_model_overfits_one_example_and_samples_near_it(objective):
     init_distributed()
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
@@ -55,7 +70,7 @@ def test_debug_model_overfits_one_example_and_samples_near_it():
     decay = {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": LR, "warmup_num_steps": 1,
                                                  "total_num_steps": STEPS, "warmup_type": "linear"}}
     engine = build_engine(build_model(cfg), train, world_size=1, raw={"scheduler": decay})
-    schedule = make_schedule(DiffusionConfig())
+    schedule = make_schedule(DiffusionConfig(objective=objective), ClipSpec())
     parts = StepParts(engine, make_ema(engine.module), schedule, train, DataConfig(), rank=0, device=torch.device("cpu"))
     x0, text, mask = _example(cfg, gen)
     batch = LatentBatch(x0.map(lambda a: a.expand(BATCH, *a.shape[1:])), [""] * BATCH, ["example"] * BATCH,
@@ -75,21 +90,17 @@ def test_debug_model_overfits_one_example_and_samples_near_it():
         model_fn = conditional_model_fn(model, generated, text, mask)
         name = "video" if task == Task.A2V else "audio"
         target = getattr(x0, name)
-        # eta = 1: after a few hundred CPU steps the noise prediction at the noisiest steps still carries a
-        # small systematic error that deterministic DDIM (eta = 0) accumulates; fresh noise at each step
-        # washes it out. The eta = 0 distance is printed for the record.
-        sample = sample_ddim(model_fn, schedule, noise, x0, generated, 25, eta=1.0, generator=gen)
-        deterministic = sample_ddim(model_fn, schedule, noise, x0, generated, 25, eta=0.0)
+        sample, deterministic = _samples(model_fn, schedule, noise, x0, generated, gen, objective)
         results[task.name] = (
             torch.mean((getattr(sample, name) - target) ** 2).item(),
             torch.mean((getattr(noise, name) - target) ** 2).item(),
             torch.mean((getattr(deterministic, name) - target) ** 2).item(),
         )
-    print(f"\noverfit: {STEPS} steps x batch {BATCH} in {train_s:.1f} s; loss first-10 mean {first:.4f}, "
+    print(f"\noverfit ({objective}): {STEPS} steps x batch {BATCH} in {train_s:.1f} s; loss first-10 mean {first:.4f}, "
           f"last-10 mean {last:.4f} ({first / last:.1f}x lower)")
     for name, (mse_sample, mse_noise, mse_eta0) in results.items():
-        print(f"overfit: {name} DDIM-25 (eta 1) sample MSE to the example {mse_sample:.4f}, pure noise "
-              f"{mse_noise:.4f} (eta 0: {mse_eta0:.4f})")
+        print(f"overfit ({objective}): {name} sample MSE to the example {mse_sample:.4f}, pure noise "
+              f"{mse_noise:.4f} (deterministic: {mse_eta0:.4f})")
 
     assert last * 10 <= first
     for mse_sample, mse_noise, _ in results.values():

@@ -27,6 +27,46 @@ class ConfigError(ValueError):
     """A recipe that cannot be used; the message names the key and the file."""
 
 
+def check_choices(config: Any, section: str) -> None:
+    """Raise ConfigError when a `Literal` field of the dataclass `config` holds a value outside its choices
+    (the check for configs built in code; the loader checks the same while reading `[section]`)."""
+    for name, annotation in typing.get_type_hints(type(config)).items():
+        if typing.get_origin(annotation) is Literal:
+            _check_value(getattr(config, name), annotation, f"{section}.{name}")
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Check a TOML value against a field's type; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if not any(type(value) is type(choice) and value == choice for choice in choices):
+            raise ConfigError(f"{where} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool, float):
+        if type(value) is not annotation:
+            raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_check_value(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, arg = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return {k: _check_value(v, arg, f"{where}.{k}") for k, v in value.items()}
+    return value  # Any
+
+
 Prediction = Literal["eps", "v", "x0"]
 """What a model can be trained to predict (`diffusion.prediction`)."""
 VideoCodecName = Literal["opensora", "pixel"]
@@ -43,8 +83,17 @@ Precision = Literal["bf16", "fp32"]
 """Training precision (`train.precision`)."""
 ZeroStage = Literal[0, 1, 2, 3]
 """DeepSpeed ZeRO stages (`train.zero_stage`)."""
-Sampler = Literal["ddpm", "ddim", "dpm++"]
-"""Samplers (`generate.sampler`, `uniform generate --sampler`; `diffusion.samplers.SAMPLERS` maps them)."""
+Sampler = Literal["ddpm", "ddim", "dpm++", "euler"]
+"""Samplers (`generate.sampler`, `uniform generate --sampler`; `diffusion.samplers.SAMPLERS` maps them): the first
+three for the "iddpm" objective, "euler" for "rflow"."""
+NullTextMask = Literal["full", "prompt"]
+"""Which tokens of the learned null text a dropped caption attends to (`model.null_text_mask`)."""
+QKNorm = Literal["rms", "layernorm", "none"]
+"""Normalisation of queries and keys in self-attention (`model.qk_norm`)."""
+Objective = Literal["iddpm", "rflow"]
+"""Training objectives (`diffusion.objective`)."""
+FlowTimes = Literal["logit-normal", "uniform"]
+"""How rectified-flow training draws its times (`diffusion.flow_times`)."""
 
 
 @dataclass
@@ -75,17 +124,32 @@ class ModelConfig:
     """Width of the text encoder's embeddings (4096 for T5-v1.1-XXL)."""
     text_len: int = 16
     """Longest text in tokens (300 in the paper); also the length of the null embedding."""
+    null_text_mask: NullTextMask = "full"
+    """Tokens of the null text that a dropped caption (training's text dropping, guidance's unconditional half)
+    attends to: "full", all `text_len` of them, so nothing of the caption is left, not even its length (this
+    toolkit's default); or "prompt", the prompt's own mask, as Open-Sora does (the pattern its weights saw)."""
     pred_sigma: bool = True
     """Predict the learned-range variance next to the noise (IDDPM)."""
-    qk_norm: bool = True
-    """RMSNorm on queries and keys per head."""
+    qk_norm: QKNorm = "rms"
+    """Queries and keys of self-attention: "rms", RMSNorm per head (Open-Sora STDiT3); "layernorm", LayerNorm with
+    a bias over the whole width (PixArt's `qk_norm`, for importing PixArt models trained with it); or "none" (PixArt
+    without it: the only setting in which an imported PixArt's spatial stack is its own function). Older configs'
+    true / false read as "rms" / "none"."""
     grad_checkpointing: bool = False
-    """Recompute block activations in the backward pass to save memory."""
+    """Recompute block activations in the backward pass to save memory (all `depth` block pairs)."""
+    checkpoint_blocks: int = 0
+    """Recompute only the first N (spatial, temporal) block pairs: less recomputation where memory allows."""
 
     def __post_init__(self) -> None:
+        check_choices(self, "model")
         self.patch_size = tuple(self.patch_size)
         self.video_latent = tuple(self.video_latent)
         self.audio_latent = tuple(self.audio_latent)
+        if not 0 <= self.checkpoint_blocks <= self.depth:
+            raise ConfigError(f"model.checkpoint_blocks {self.checkpoint_blocks} must be in 0..depth ({self.depth})")
+        if self.grad_checkpointing and self.checkpoint_blocks not in (0, self.depth):
+            raise ConfigError("model.grad_checkpointing = true recomputes every block; set it to false to recompute "
+                              f"only the first model.checkpoint_blocks = {self.checkpoint_blocks}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"model.hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.audio_latent[1] % self.video_latent[1]:
@@ -137,8 +201,13 @@ PRESETS: dict[str, ModelConfig] = {
 
 @dataclass
 class DiffusionConfig:
-    """IDDPM: schedule and loss."""
+    """The training objective: IDDPM's schedule and loss (the paper), or Open-Sora 1.2's rectified flow."""
 
+    objective: Objective = "iddpm"
+    """"iddpm" (the paper: eps prediction, hybrid loss, [generate] samplers ddpm/ddim/dpm++) or "rflow" (Open-Sora
+    1.2's rectified flow, what hpcai-tech/OpenSora-STDiT-v3 was trained with: the model's first output half is
+    the velocity x0 - noise; [generate] sampler = "euler"). rflow reads num_timesteps, flow_times and flow_shift;
+    the betas and `prediction` are IDDPM's, and the variance outputs of a pred_sigma model stay untrained."""
     num_timesteps: int = 1000
     """Training diffusion steps."""
     beta_start: float = 1e-4
@@ -153,9 +222,19 @@ class DiffusionConfig:
     Basics: Let Denoising Generative Models Denoise"). v and x0 keep the x0 estimate bounded at high noise,
     where eps errors are amplified; x0 also suits tokens nearly as wide as the model, which cannot carry the
     noise that eps and v must reproduce at low noise."""
+    flow_times: FlowTimes = "logit-normal"
+    """rflow: how training draws t / T ("logit-normal", Open-Sora 1.2's, or "uniform")."""
+    flow_shift: float = 0.0
+    """rflow: Open-Sora's timestep-transform ratio; 0 takes its rule for the recipe's clip, sqrt(H W / 512^2) *
+    sqrt(frames // 17 * 5) (2.24 at 256 px and 68 frames); 1 is no shift."""
 
     def __post_init__(self) -> None:
         check_choices(self, "diffusion")
+        if self.objective == "rflow" and self.prediction != "eps":
+            raise ConfigError(f'diffusion.prediction = "{self.prediction}" is an IDDPM setting; "rflow" always '
+                              "predicts the velocity")
+        if self.flow_shift < 0:
+            raise ConfigError(f"diffusion.flow_shift must be 0 (Open-Sora's rule) or positive, not {self.flow_shift}")
 
 
 @dataclass
@@ -260,6 +339,10 @@ class DataConfig(ClipSpec):
         return ClipSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ClipSpec)})
 
 
+SAMPLE_PROMPTS = ("a dog barks in a park", "rain falls on a tin roof")
+"""The default T2AV captions of the samples made during training (`train.sample_prompts`)."""
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, checkpoints and logging."""
@@ -296,12 +379,32 @@ class TrainConfig:
     """torch.compile the model."""
     init_from: str = ""
     """Initial weights: "" (random), "pixart:PATH", "opensora:PATH" or "uniform:PATH"."""
+    lora_rank: int = 0
+    """LoRA adapters (peft) of this rank on the `lora_targets`, the rest of the model frozen; 0 trains everything
+    (or the `trainable` modules only). Start from trained weights with init_from = "uniform:PATH"."""
+    lora_alpha: float = 0.0
+    """LoRA scale numerator (the update is alpha / rank x B A); 0 takes the rank (scale 1)."""
+    lora_targets: list[str] = field(default_factory=lambda: [
+        "attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear", "cross_attn.proj", "mlp.fc1", "mlp.fc2"])
+    """Linear layers that get adapters, by the end of their names (peft's match): the attention and MLP layers of
+    every block by default."""
+    trainable: list[str] = field(default_factory=list)
+    """Modules trained in full, by name, e.g. ["temporal_blocks", "task_embedder"]; set (or lora_rank > 0), every
+    other parameter is frozen. They get no adapters."""
     checkpoint_every: int = 1000
     """Save a resumable checkpoint every N steps."""
     keep_last: int = 3
     """Resumable checkpoints kept."""
     log_every: int = 1
     """Write metrics every N steps."""
+    sample_every: int = 0
+    """Every N steps rank 0 samples the EMA model into {output_dir}/{name}/samples/step_N/ (and TensorBoard when
+    it is on); 0 = off. Sampling uses the run's codecs and the [generate] sampler, steps, guidance and seed."""
+    sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
+    """Captions sampled as T2AV every `sample_every` steps."""
+    sample_clips: int = 2
+    """Clips of a fixed batch of the shards (their "val" split when there is one) sampled every `sample_every`
+    steps as A2V (their sound given) and as V2A (their picture given), each with its own caption."""
     seed: int = 0
     """Seed of everything random."""
     deterministic: bool = False
@@ -311,7 +414,14 @@ class TrainConfig:
         self.adam_betas = tuple(self.adam_betas)
         if self.batch_size % self.micro_batch:
             raise ConfigError(f"train.batch_size {self.batch_size} is not a multiple of micro_batch {self.micro_batch}")
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise ConfigError(f"train.lora_rank ({self.lora_rank}) and lora_alpha ({self.lora_alpha}) must not be negative")
         check_choices(self, "train")
+        if self.sample_every < 0 or self.sample_clips < 0:
+            raise ConfigError("train.sample_every and train.sample_clips must be 0 (off) or positive")
+        if self.sample_every and not (self.sample_prompts or self.sample_clips):
+            raise ConfigError("train.sample_every is set but there is nothing to sample: give train.sample_prompts "
+                              "or train.sample_clips")
 
 
 @dataclass
@@ -319,7 +429,7 @@ class GenerateConfig:
     """Sampling defaults for `uniform generate` (each can be changed on the command line)."""
 
     sampler: Sampler = "dpm++"
-    """"ddpm" (ancestral), "ddim" or "dpm++" (DPM-Solver++(2M))."""
+    """"ddpm" (ancestral), "ddim" or "dpm++" (DPM-Solver++(2M)) for IDDPM; "euler" for rectified flow."""
     steps: int = 25
     """Sampling steps."""
     cfg_video: float = 4.0
@@ -330,9 +440,13 @@ class GenerateConfig:
     """Clips per batch."""
     seed: int = 0
     """Seed of rows without their own."""
+    cache: float = 0.0
+    """First-block step cache threshold (`model.cache`): 0 = off; about 0.05-0.1 skips steps at some cost."""
 
     def __post_init__(self) -> None:
         check_choices(self, "generate")
+        if self.cache < 0:
+            raise ConfigError(f"generate.cache {self.cache} must be 0 (off) or a positive relative threshold")
 
 
 @dataclass
@@ -347,45 +461,14 @@ class Recipe:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
-
-def check_choices(config: Any, section: str) -> None:
-    """Raise ConfigError when a `Literal` field of the dataclass `config` holds a value outside its choices
-    (the check for configs built in code; the loader checks the same while reading `[section]`)."""
-    for name, annotation in typing.get_type_hints(type(config)).items():
-        if typing.get_origin(annotation) is Literal:
-            _check_value(getattr(config, name), annotation, f"{section}.{name}")
-
-
-def _check_value(value: Any, annotation: Any, where: str) -> Any:
-    """Check a TOML value against a field's type; ints are accepted for floats, lists for tuples."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        if not any(type(value) is type(choice) and value == choice for choice in choices):
-            raise ConfigError(f"{where} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, str, bool, float):
-        if type(value) is not annotation:
-            raise ConfigError(f"{where} must be {annotation.__name__}, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list:
-        (arg,) = typing.get_args(annotation)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_check_value(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, arg = typing.get_args(annotation)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a table, got {value!r}")
-        return {k: _check_value(v, arg, f"{where}.{k}") for k, v in value.items()}
-    return value  # Any
+    def __post_init__(self) -> None:
+        flow, euler = self.diffusion.objective == "rflow", self.generate.sampler == "euler"
+        if flow != euler:
+            raise ConfigError(
+                'diffusion.objective = "rflow" samples with generate.sampler = "euler"' if flow else
+                f'generate.sampler = "euler" samples "rflow" models; diffusion.objective is "{self.diffusion.objective}"'
+                " (use ddpm, ddim or dpm++)"
+            )
 
 
 def _build(cls: type, table: dict[str, Any], where: str, base: Any = None) -> Any:
@@ -401,16 +484,23 @@ def _build(cls: type, table: dict[str, Any], where: str, base: Any = None) -> An
     return cls(**values)
 
 
+def _model_table(table: dict[str, Any]) -> dict[str, Any]:
+    """A `[model]` table with the boolean `qk_norm` of configs written before its kinds existed read as a kind."""
+    if isinstance(table.get("qk_norm"), bool):
+        return {**table, "qk_norm": "rms" if table["qk_norm"] else "none"}
+    return table
+
+
 def model_config_from_dict(data: dict[str, Any], where: str) -> ModelConfig:
     """A ModelConfig from a table of its fields (a checkpoint's config.json), each type-checked."""
-    return _build(ModelConfig, data, where)
+    return _build(ModelConfig, _model_table(data), where)
 
 
 def _model_from_table(table: dict[str, Any], where: str) -> ModelConfig:
     name = table.get("preset", ModelConfig.preset)
     if name not in PRESETS:
         raise ConfigError(f"{where}.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return _build(ModelConfig, table, where, base=PRESETS[name])
+    return _build(ModelConfig, _model_table(table), where, base=PRESETS[name])
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:

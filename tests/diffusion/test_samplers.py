@@ -14,11 +14,19 @@ from uniform_cli.diffusion.samplers import (
     sample_dpm_solver,
     sampling_schedule,
 )
+from uniform_cli.diffusion.flow import FlowSchedule, sampling_times
 from uniform_cli.diffusion.schedule import Schedule, extract, make_schedule, spaced_timesteps
 from uniform_cli.diffusion.tasks import task_masks, time_mask
 from uniform_cli.types import AV, Task
 
 BASE = make_schedule(DiffusionConfig())
+FLOW = FlowSchedule(shift=2.0)
+IDDPM_SAMPLERS = sorted(n for n in SAMPLERS if n != "euler")
+
+
+def _schedule(name: str):
+    """The schedule sampler `name` runs on: rectified flow's for euler, IDDPM's for the others."""
+    return FLOW if name == "euler" else BASE
 MEAN = AV(0.3, -0.5)
 STD = AV(0.5, 0.8)
 
@@ -140,7 +148,7 @@ def test_sampler_output_equals_given_input_at_given_positions(name, job):
         seen.append(x.map(torch.clone))
         return _arbitrary_model_fn(x, t)
 
-    out = SAMPLERS[name](model_fn, BASE, noise, given, generated, 6)
+    out = SAMPLERS[name](model_fn, _schedule(name), noise, given, generated, 6)
     assert len(seen) == 6
     for m in ("video", "audio"):
         sample, clean = getattr(out, m), getattr(given, m)
@@ -152,17 +160,21 @@ def test_sampler_output_equals_given_input_at_given_positions(name, job):
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_sampler_calls_the_model_at_the_respaced_original_steps(name):
+def test_sampler_calls_the_model_at_its_steps(name):
+    """IDDPM samplers at the respaced original steps, Euler at rectified flow's shifted times."""
     noise = AV(torch.randn(1, 4, 2, 4, 4), torch.randn(1, 8, 10, 4))
     steps_seen, progress = [], []
 
     def model_fn(x: AV, t: torch.Tensor) -> AV:
-        steps_seen.append(int(t[0]))
+        steps_seen.append(t[0].item())
         return _arbitrary_model_fn(x, t)
 
-    SAMPLERS[name](model_fn, BASE, noise, noise, _t2av(1, 2), 10,
+    SAMPLERS[name](model_fn, _schedule(name), noise, noise, _t2av(1, 2), 10,
                    progress=lambda i, n: progress.append((i, n)))
-    assert steps_seen == spaced_timesteps(1000, 10)[::-1]
+    if name == "euler":
+        assert steps_seen == pytest.approx(sampling_times(FLOW, 10))
+    else:
+        assert steps_seen == spaced_timesteps(1000, 10)[::-1]
     assert progress == [(i, 10) for i in range(1, 11)]
 
 
@@ -192,12 +204,12 @@ def test_every_sampler_takes_the_same_arguments():
         assert all(p.default is not inspect.Parameter.empty for n, p in params.items() if n not in common[:6])
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpm++"])
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "euler"])
 def test_deterministic_samplers_ignore_the_generator(name):
     noise = AV(torch.randn(2, 4, 2, 4, 4), torch.randn(2, 8, 10, 4))
     generated = _t2av(2, 2)
-    plain = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, generated, 6)
-    seeded = SAMPLERS[name](_arbitrary_model_fn, BASE, noise, noise, generated, 6,
+    plain = SAMPLERS[name](_arbitrary_model_fn, _schedule(name), noise, noise, generated, 6)
+    seeded = SAMPLERS[name](_arbitrary_model_fn, _schedule(name), noise, noise, generated, 6,
                             generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
     assert torch.equal(plain.video, seeded.video) and torch.equal(plain.audio, seeded.audio)
 

@@ -173,3 +173,22 @@ def test_seams_are_no_jumps_in_sound(light_pipe):
     for seam in seams:
         near[seam - 8 : seam + 4] = True
     assert len(seams) == 3 and flux[near].max() <= flux[~near].max()
+
+
+def test_a_rectified_flow_checkpoint_generates_with_euler_only(tmp_path):
+    from tests.fixtures.checkpoint import make_checkpoint, tiny_model_config
+    from uniform_cli.config import CodecConfig, DataConfig, DiffusionConfig, GenerateConfig
+    from uniform_cli.generate.pipeline import UniFormPipeline
+
+    codec = CodecConfig(video="pixel", audio="mel", video_vae="pixel", audio_vae="mel", text_encoder="hash:16")
+    folder = make_checkpoint(tmp_path / "flow", codec,
+                             model=tiny_model_config(video_latent=(24, 20, 4, 4), audio_latent=(16, 100, 4)),
+                             data=DataConfig(fps=17, size=32, seconds=4.0, sample_rate=16000),
+                             generate=GenerateConfig(sampler="euler", steps=3),
+                             diffusion=DiffusionConfig(objective="rflow"))
+    pipe = UniFormPipeline.from_pretrained(folder, device="cpu")
+    video = steady_scene(4.0)
+    out = pipe.generate([Job("waves", "v2a", video=video)], seed=0)
+    assert np.array_equal(out.frames[0], video) and out.wave[0].shape == (64000,) and np.isfinite(out.wave[0]).all()
+    with pytest.raises(PipelineError, match='use sampler "euler"'):
+        pipe.generate([Job("waves", "v2a", video=video)], sampler="dpm++")

@@ -163,6 +163,65 @@ def test_pixart_original_layout(tmp_path, suffix):
     assert "temporal_blocks" in report.summary()
 
 
+def _pixart_attention(state: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+    """PixArt's `AttentionKVCompress` with qk_norm (no compression), written out: LayerNorm over the width on q and
+    k, then heads."""
+    b, n, c = x.shape
+    q, k, v = (x @ state[f"{prefix}.qkv.weight"].T + state[f"{prefix}.qkv.bias"]).view(b, n, 3, c).unbind(2)
+    q = F.layer_norm(q, (c,), state[f"{prefix}.q_norm.weight"], state[f"{prefix}.q_norm.bias"])
+    k = F.layer_norm(k, (c,), state[f"{prefix}.k_norm.weight"], state[f"{prefix}.k_norm.bias"])
+    q, k, v = (a.view(b, n, HEADS, c // HEADS).transpose(1, 2) for a in (q, k, v))
+    attn = torch.softmax(q @ k.transpose(-1, -2) / (c // HEADS) ** 0.5, dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+    return out @ state[f"{prefix}.proj.weight"].T + state[f"{prefix}.proj.bias"]
+
+
+def _qk_norm_pixart_shapes() -> dict[str, tuple[int, ...]]:
+    shapes = pixart_original_shapes()
+    for i in range(DEPTH):
+        for name in ("q_norm", "k_norm"):
+            shapes.update({f"blocks.{i}.attn.{name}.weight": (C,), f"blocks.{i}.attn.{name}.bias": (C,)})
+    return shapes
+
+
+def test_pixart_trained_with_qk_norm_imports_as_its_own_function(tmp_path):
+    state = _random_state(_qk_norm_pixart_shapes())
+    state = {k: (v + 1 if k.endswith("norm.weight") else v) for k, v in state.items()}
+    torch.save({"state_dict": state}, tmp_path / "PixArt-qknorm.pth")
+    with pytest.raises(CheckpointError, match='qk_norm = "layernorm"'):
+        load_pixart_weights(random_model(debug_config()), tmp_path / "PixArt-qknorm.pth")
+    model = random_model(debug_config(qk_norm="layernorm"))
+    report = load_pixart_weights(model, tmp_path / "PixArt-qknorm.pth")
+    assert not report.warnings and "spatial_blocks.1.attn.k_norm.bias" in report.loaded
+    x = torch.randn(2, 16, C)
+    with torch.no_grad():
+        torch.testing.assert_close(model.spatial_blocks[1].attn(x), _pixart_attention(state, "blocks.1.attn", x))
+
+
+def test_pixart_without_qk_norm_says_what_a_normalising_model_changes(tmp_path):
+    save_file(_random_state(pixart_original_shapes()), str(tmp_path / "pixart.safetensors"))
+    report = load_pixart_weights(random_model(debug_config()), tmp_path / "pixart.safetensors")
+    assert len(report.warnings) == 1 and 'qk_norm = "none"' in report.warnings[0]
+    assert "WARNING" in report.summary()
+    assert not load_pixart_weights(random_model(debug_config(qk_norm="none")), tmp_path / "pixart.safetensors").warnings
+
+
+def test_kv_compressed_pixart_is_a_clear_error(tmp_path):
+    shapes = {**pixart_original_shapes(), "blocks.0.attn.sr.weight": (C, 1, 2, 2), "blocks.0.attn.sr.bias": (C,)}
+    save_file(_random_state(shapes), str(tmp_path / "pixart.safetensors"))
+    with pytest.raises(CheckpointError, match="kv_compress"):
+        load_pixart_weights(random_model(debug_config()), tmp_path / "pixart.safetensors")
+
+
+def test_boolean_qk_norm_of_older_configs_reads_as_a_kind(tmp_path):
+    model = random_model(debug_config())
+    save_pretrained(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["qk_norm"] == "rms"
+    (tmp_path / "config.json").write_text(json.dumps({**config, "qk_norm": True}))
+    assert load_pretrained(tmp_path).cfg.qk_norm == "rms"
+
+
 def test_pixart_other_channel_counts_copy_what_fits(tmp_path):
     state = _random_state(pixart_original_shapes(cin=8, cout=16))
     save_file(state, str(tmp_path / "pixart.safetensors"))
@@ -207,7 +266,7 @@ def test_pixart_diffusers_layout_matches_diffusers_math(tmp_path):
         for p in reference.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     reference.save_pretrained(tmp_path / "pixart" / "transformer")
-    model = random_model(debug_config(qk_norm=False))
+    model = random_model(debug_config(qk_norm="none"))
     report = load_pixart_weights(model, tmp_path / "pixart")
     assert "diffusers" in report.layout and not report.partial
     reference.eval()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.model.util import debug_config, inputs, random_model
-from uniform_cli.config import PRESETS, DiffusionConfig
+from uniform_cli.config import PRESETS, ConfigError, DiffusionConfig
 from uniform_cli.diffusion.guidance import conditional_model_fn
 from uniform_cli.diffusion.samplers import sample_ddim
 from uniform_cli.diffusion.schedule import make_schedule
@@ -254,6 +254,39 @@ def test_grad_checkpointing_gives_the_same_gradients():
         assert torch.allclose(g, grads[1][name], atol=1e-6, rtol=1e-5), name
 
 
+def _gradients_and_block_calls(cfg) -> tuple[dict, list[int]]:
+    """Gradients of one backward, and how often each spatial block ran (a recomputed block runs twice)."""
+    model = random_model(cfg).train()
+    calls = [0] * cfg.depth
+    for i, block in enumerate(model.spatial_blocks):  # counted in forward itself: recomputation skips hooks
+        def counted(*args, i=i, forward=block.forward):
+            calls[i] += 1
+            return forward(*args)
+
+        block.forward = counted
+    x, t, text, mask = inputs(cfg)
+    out = model(x, t, TASKS, text, mask, drop_text=torch.tensor([True, False]))
+    (out.video.square().mean() + out.audio.square().mean()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, calls
+
+
+def test_selective_checkpointing_recomputes_the_first_blocks_only_with_the_same_gradients():
+    plain, plain_calls = _gradients_and_block_calls(debug_config(depth=3))
+    some, some_calls = _gradients_and_block_calls(debug_config(depth=3, checkpoint_blocks=2))
+    every, every_calls = _gradients_and_block_calls(debug_config(depth=3, grad_checkpointing=True))
+    assert plain_calls == [1, 1, 1] and some_calls == [2, 2, 1] and every_calls == [2, 2, 2]
+    for name, g in plain.items():
+        assert torch.allclose(g, some[name], atol=1e-6, rtol=1e-5), name
+        assert torch.allclose(g, every[name], atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("changes", [dict(checkpoint_blocks=3), dict(checkpoint_blocks=-1),
+                                     dict(checkpoint_blocks=1, grad_checkpointing=True)])
+def test_bad_checkpoint_blocks_are_config_errors(changes):
+    with pytest.raises(ConfigError, match="checkpoint_blocks"):
+        debug_config(**changes)
+
+
 def test_paper_model_size():
     cfg = PRESETS["XL/2"]
     with torch.device("meta"):
@@ -272,3 +305,22 @@ def test_flops_grow_with_text_length():
     cfg = debug_config()
     assert flops_per_sample(cfg, text_len=1) < flops_per_sample(cfg, text_len=cfg.text_len)
     assert math.isclose(flops_per_sample(cfg), flops_per_sample(cfg, text_len=cfg.text_len))
+
+
+def test_null_text_follows_the_prompt_mask_when_asked():
+    """"prompt" (Open-Sora's): a dropped caption attends to the null text's tokens under the prompt's own mask (all
+    of them for a prompt without tokens); "full" (the default): to all of them, whatever the prompt's length."""
+    cfg = debug_config()
+    text = torch.randn(3, 5, cfg.text_dim)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    drop = torch.tensor([True, True, False])
+    padded = torch.nn.functional.pad(mask, (0, cfg.text_len - 5), value=False)
+    _, full = random_model(cfg).encode_text(text, mask, drop)
+    assert full[:2].all() and torch.equal(full[2], padded[2])
+    model = random_model(debug_config(null_text_mask="prompt"))
+    y, prompt = model.encode_text(text, mask, drop)
+    assert torch.equal(prompt[:2], padded[:2])
+    y_other, _ = model.encode_text(torch.randn_like(text), mask, drop)
+    assert torch.equal(y[:2], y_other[:2])  # the caption's values still do not reach a dropped row
+    _, empty = model.encode_text(text, mask, torch.tensor([False, False, True]))
+    assert empty[2].all()

@@ -72,3 +72,16 @@ def test_a_scheduler_in_the_deepspeed_table_replaces_ours():
                                                  "warmup_num_steps": 1, "total_num_steps": 10}}
     theirs = build_engine(build_model(PRESETS["debug"]), train_cfg, world_size=1, raw={"scheduler": decay})
     assert type(theirs.lr_scheduler).__name__ == "WarmupDecayLR"
+
+
+def test_monitors_enabled_without_a_place_write_into_the_run_folder_and_the_recipe_wins():
+    from uniform_cli.config import TrainConfig
+    from uniform_cli.train.engine import deepspeed_config
+
+    cfg = TrainConfig(name="watch", output_dir="somewhere", batch_size=2, micro_batch=2)
+    config = deepspeed_config(cfg, 1, {"tensorboard": {"enabled": True}, "csv_monitor": {"enabled": True,
+                                       "output_path": "/tmp/csv", "job_name": "mine"}, "wandb": {"enabled": False}})
+    assert config["tensorboard"] == {"enabled": True, "output_path": "somewhere/watch", "job_name": "tensorboard"}
+    assert config["csv_monitor"] == {"enabled": True, "output_path": "/tmp/csv", "job_name": "mine"}
+    assert config["wandb"] == {"enabled": False}
+    assert "tensorboard" not in deepspeed_config(cfg, 1)  # no monitor unless the recipe asks for one

@@ -240,3 +240,23 @@ def test_a_read_only_output_folder_is_a_clear_stop(tmp_path, shards):
         result = CliRunner().invoke(app, ["train", str(recipe)])
     assert result.exit_code == 1 and "Read-only file system" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_rflow_recipe_trains_and_opensora_weights_with_iddpm_warn(tmp_path, shards):
+    from safetensors.torch import save_file
+
+    from tests.model.test_checkpoint import opensora_shapes
+    from uniform_cli.model.uniform import build_model
+    from uniform_cli.train.loop import OPENSORA_OBJECTIVE, initial_weights
+
+    recipe = make_recipe(tmp_path, shards, "flow")
+    recipe = dataclasses.replace(recipe, diffusion=dataclasses.replace(recipe.diffusion, objective="rflow"),
+                                 generate=dataclasses.replace(recipe.generate, sampler="euler"))
+    run = train(recipe, stop_after=2)
+    assert len(losses(run)) == 2 and all(np.isfinite(losses(run)))
+    g = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(*s, generator=g) * 0.1 for k, s in opensora_shapes().items()},
+              str(tmp_path / "model.safetensors"))
+    spec = f"opensora:{tmp_path / 'model.safetensors'}"
+    assert OPENSORA_OBJECTIVE in initial_weights(build_model(DEBUG), spec, "iddpm")
+    assert "WARNING" not in initial_weights(build_model(DEBUG), spec, "rflow")

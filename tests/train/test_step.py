@@ -3,12 +3,14 @@
 import pytest
 import torch
 
-from uniform_cli.config import PRESETS, DataConfig
+from uniform_cli.config import PRESETS, DataConfig, DiffusionConfig
+from uniform_cli.diffusion.schedule import make_schedule
 from uniform_cli.diffusion.tasks import JOBS, task_masks
 from uniform_cli.train.step import TrainingError, draw_step_inputs, sample_jobs
 from uniform_cli.types import AV
 
 DEBUG = PRESETS["debug"]
+IDDPM = make_schedule(DiffusionConfig())
 B = 6
 
 
@@ -35,7 +37,7 @@ def test_without_span_jobs_a_step_draws_what_it_drew_before(sampling, span_weigh
     data = DataConfig(task_weights={"t2av": 2.0, "a2v": 1.0, "v2a": 0.5, **span_weights}, task_sampling=sampling)
     for seed in range(5):
         tasks, t, noise, drop = _draws_before_span_jobs(data, torch.Generator().manual_seed(seed))
-        inputs = draw_step_inputs(_x0(), data, 1000, torch.Generator().manual_seed(seed))
+        inputs = draw_step_inputs(_x0(), data, IDDPM, torch.Generator().manual_seed(seed))
         assert torch.equal(inputs.job, tasks) and torch.equal(inputs.t, t) and torch.equal(inputs.drop_text, drop)
         assert torch.equal(inputs.noise.video, noise.video) and torch.equal(inputs.noise.audio, noise.audio)
         expected = task_masks(tasks, DEBUG.video_latent[1])
@@ -49,8 +51,8 @@ def test_span_weights_draw_span_jobs_with_their_masks():
     frames = DEBUG.video_latent[1]
     jobs, rows = [], []
     for seed in range(20):
-        inputs = draw_step_inputs(_x0(), data, 1000, torch.Generator().manual_seed(seed))
-        again = draw_step_inputs(_x0(), data, 1000, torch.Generator().manual_seed(seed))
+        inputs = draw_step_inputs(_x0(), data, IDDPM, torch.Generator().manual_seed(seed))
+        again = draw_step_inputs(_x0(), data, IDDPM, torch.Generator().manual_seed(seed))
         assert torch.equal(inputs.generated.video, again.generated.video)
         assert torch.equal(inputs.generated.audio, again.generated.audio)
         jobs.append(inputs.job)

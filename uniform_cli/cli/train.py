@@ -37,13 +37,18 @@ def main(
     if dry_run:
         import torch
 
-        from uniform_cli.model.uniform import build_model, flops_per_sample, num_parameters, num_tokens
+        from uniform_cli.model.uniform import build_model, flops_per_sample, num_tokens
+        from uniform_cli.train.finetune import FinetuneError, apply_finetuning
 
-        with torch.device("meta"):
-            params = num_parameters(build_model(recipe.model))
+        try:
+            with torch.device("meta"):
+                report = apply_finetuning(build_model(recipe.model), recipe.train)
+        except FinetuneError as e:
+            fail(e, USAGE)
+        params = report.total
         console.print(recipe_to_toml(recipe), markup=False, highlight=False)
         console.print(
-            f"parameters: {params:,} ({params / 1e9:.3f} B)\n"
+            f"parameters: {params:,} ({params / 1e9:.3f} B); trained: {report.summary()}\n"
             f"tokens per sample: {num_tokens(recipe.model):,}\n"
             f"forward TFLOPs per sample: {flops_per_sample(recipe.model) / 1e12:.2f}\n"
             f"global batch: {recipe.train.batch_size} (micro-batch {recipe.train.micro_batch} per GPU)"
@@ -54,6 +59,8 @@ def main(
 
     from uniform_cli.latents.shard_info import ShardDataError
     from uniform_cli.latents.shards import ShardFormatError
+    from uniform_cli.pretrained import PretrainedError
+    from uniform_cli.train.finetune import FinetuneError
     from uniform_cli.train.loop import Stopped, TrainingError, train
 
     try:
@@ -61,5 +68,8 @@ def main(
     except Stopped as e:
         console.print(str(e), markup=False)
         raise typer.Exit(128 + e.signal) from None
-    except (ShardDataError, ShardFormatError, TrainingError, FileNotFoundError, pickle.UnpicklingError, OSError) as e:
+    except (ConfigError, FinetuneError) as e:  # a [deepspeed] monitor whose package is missing; LoRA targets
+        fail(e, USAGE)
+    except (ShardDataError, ShardFormatError, TrainingError, PretrainedError, FileNotFoundError,
+            pickle.UnpicklingError, OSError) as e:
         fail(e)

@@ -1,4 +1,8 @@
-"""IDDPM's hybrid training loss, masked to the generated positions of each job (`diffusion.tasks`).
+"""Training objectives, masked to the generated positions of each job (`diffusion.tasks`): IDDPM's hybrid loss
+(the paper) and rectified flow's velocity error (`diffusion.flow`). `draw_timesteps`, `noised_input` and
+`training_loss` take either schedule and do what its objective does.
+
+IDDPM:
 
 loss = MSE + vb. MSE is the error of the model's prediction (`schedule.prediction`): of eps (the paper), of v, or
 for x0 the v error that the x0 error implies, (x0_hat - x0) / sqrt(1 - abar), with sqrt(1 - abar) floored at
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from uniform_cli.diffusion.flow import FlowSchedule, flow_noised_input, training_times
 from uniform_cli.diffusion.schedule import (
     Schedule,
     discretized_gaussian_log_likelihood,
@@ -36,10 +41,27 @@ X0_LOSS_MIN_SIGMA = 0.05
 """Floor of sqrt(1 - abar) in the x0-prediction loss (reached below step ~25 of the 1,000-step schedule)."""
 
 
-def noised_input(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, generated: AV) -> AV:
+def draw_timesteps(schedule: Schedule | FlowSchedule, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """A training step's timesteps `[batch]`: uniform step indices (IDDPM), or float times (rectified flow)."""
+    if isinstance(schedule, FlowSchedule):
+        return training_times(schedule, batch, generator)
+    return torch.randint(0, schedule.num_timesteps, (batch,), generator=generator)
+
+
+def noised_input(schedule: Schedule | FlowSchedule, x0: AV, t: torch.Tensor, noise: AV, generated: AV) -> AV:
     """The model's training input: x_t at generated positions, the clean x0 at given ones."""
+    if isinstance(schedule, FlowSchedule):
+        return flow_noised_input(schedule, x0, t, noise, generated)
     x_t = x0.map(lambda x, n: q_sample(schedule, x, t, n), noise)
     return keep_given(x_t, x0, generated)
+
+
+def training_loss(schedule: Schedule | FlowSchedule, x0: AV, t: torch.Tensor, noise: AV, output: AV,
+                  generated: AV) -> "LossTerms":
+    """The objective's loss of a model `output` computed on `noised_input(schedule, x0, t, noise, generated)`."""
+    if isinstance(schedule, FlowSchedule):
+        return flow_loss(x0, noise, output, generated)
+    return hybrid_loss(schedule, x0, t, noise, output, generated)
 
 
 def vb_terms(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -76,7 +98,15 @@ class LossTerms:
     loss: torch.Tensor
     mse: AV
     vb: AV
+    """Per modality `[B]`; 0 for rectified flow and for models without variance outputs."""
     generated: AV
+
+
+def _pool(mse: AV, vb: AV, count: AV, generated: AV) -> LossTerms:
+    """Per-sample loss over every generated element, video and audio pooled, and which modalities each generated."""
+    loss = ((mse.video + vb.video) * count.video + (mse.audio + vb.audio) * count.audio) / (count.video + count.audio)
+    anywhere = generated.map(lambda m: m.reshape(m.shape[0], -1).any(dim=1))
+    return LossTerms(loss=loss, mse=mse, vb=vb, generated=anywhere)
 
 
 def hybrid_loss(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, output: AV,
@@ -114,6 +144,22 @@ def hybrid_loss(schedule: Schedule, x0: AV, t: torch.Tensor, noise: AV, output: 
 
     mse_v, vb_v, n_v = terms(x0.video, x_t.video, noise.video, output.video, generated.video)
     mse_a, vb_a, n_a = terms(x0.audio, x_t.audio, noise.audio, output.audio, generated.audio)
-    loss = ((mse_v + vb_v) * n_v + (mse_a + vb_a) * n_a) / (n_v + n_a)
-    anywhere = generated.map(lambda m: m.reshape(m.shape[0], -1).any(dim=1))
-    return LossTerms(loss=loss, mse=AV(mse_v, mse_a), vb=AV(vb_v, vb_a), generated=anywhere)
+    return _pool(AV(mse_v, mse_a), AV(vb_v, vb_a), AV(n_v, n_a), generated)
+
+
+def flow_loss(x0: AV, noise: AV, output: AV, generated: AV) -> LossTerms:
+    """Rectified flow's loss (Open-Sora 1.2's `training_losses`): the mean squared error of the velocity, the
+    model's first C output channels, against x0 - noise over the generated elements; variance channels, if any,
+    are not trained."""
+
+    def terms(x0_m: torch.Tensor, noise_m: torch.Tensor, out_m: torch.Tensor, gen_m: torch.Tensor):
+        if out_m.shape[0] != x0_m.shape[0] or out_m.shape[2:] != x0_m.shape[2:]:
+            raise ValueError(f"model output {tuple(out_m.shape)} does not match latent {tuple(x0_m.shape)}")
+        velocity = split_output(out_m.float(), x0_m.shape[1])[0]
+        mse, count = _mean_where((velocity - (x0_m.float() - noise_m.float())) ** 2, time_mask(gen_m, x0_m))
+        return mse, count.float()
+
+    (mse_v, n_v), (mse_a, n_a) = (terms(x0.video, noise.video, output.video, generated.video),
+                                  terms(x0.audio, noise.audio, output.audio, generated.audio))
+    zero = AV(torch.zeros_like(mse_v), torch.zeros_like(mse_a))
+    return _pool(AV(mse_v, mse_a), zero, AV(n_v, n_a), generated)

@@ -1,8 +1,10 @@
-"""Samplers over a respaced schedule: ancestral DDPM (learned variance), DDIM and DPM-Solver++(2M).
+"""Samplers: over a respaced IDDPM schedule, ancestral DDPM (learned variance), DDIM and DPM-Solver++(2M); over a
+rectified-flow schedule (`diffusion.flow`), Open-Sora 1.2's Euler sampler.
 
 Each is one short loop. `model_fn(x, t_original) -> AV` returns the model's prediction (eps, v or x0, as
 the schedule's `prediction` says; the loops turn it into eps), optionally followed by the learned-range variance
-values, per modality, already guided (see `uniform_cli.diffusion.guidance`). Given positions (where the job's
+values, per modality, already guided (see `uniform_cli.diffusion.guidance`); for rectified flow it is the
+velocity. Given positions (where the job's
 `generated` masks, `diffusion.tasks`, are False) are reset to their clean values before every model call and in
 the result, so only generated positions are sampled.
 Noise and given latents should be float32; the loops compute in the noise's dtype.
@@ -18,6 +20,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from uniform_cli.config import Sampler
+from uniform_cli.diffusion.flow import FlowSchedule, sampling_times
 from uniform_cli.diffusion.schedule import (
     Schedule,
     extract,
@@ -56,7 +59,7 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 class SamplerFn(Protocol):
     """What every sampler is: `steps` respaced steps from `noise` to clean latents, given positions kept."""
 
-    def __call__(self, model_fn: ModelFn, schedule: Schedule, noise: AV, given: AV, generated: AV,
+    def __call__(self, model_fn: ModelFn, schedule: Schedule | FlowSchedule, noise: AV, given: AV, generated: AV,
                  steps: int, *, generator: Generators = None, progress: Progress | None = None) -> AV: ...
 
 
@@ -184,5 +187,35 @@ def sample_dpm_solver(model_fn: ModelFn, schedule: Schedule, noise: AV, given: A
     return x
 
 
-SAMPLERS: dict[Sampler, SamplerFn] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm++": sample_dpm_solver}
+@torch.no_grad()
+def sample_euler(model_fn: ModelFn, schedule: FlowSchedule, noise: AV, given: AV, generated: AV,
+                 steps: int, *, generator: Generators = None, progress: Progress | None = None) -> AV:
+    """Open-Sora 1.2's rectified-flow sampler: Euler steps x <- x + v (t_i - t_{i+1}) / T over its shifted times
+    (`flow.sampling_times`), the last step to t = 0. It draws no noise after the starting noise (`generator` is
+    unused, as for DDIM)."""
+    _check(noise, given, generated)
+    times = sampling_times(schedule, steps)
+    x = keep_given(noise, given, generated)
+    for n, t in enumerate(times):
+        dt = (t - (times[n + 1] if n + 1 < len(times) else 0.0)) / schedule.num_timesteps
+        out = model_fn(x, torch.full((noise.batch_size,), t, dtype=torch.float32, device=noise.video.device))
+        x = x.map(lambda x_m, o: x_m + split_output(o, x_m.shape[1])[0].to(x_m.dtype) * dt, out)
+        x = keep_given(x, given, generated)
+        if progress is not None:
+            progress(n + 1, len(times))
+    return x
+
+
+SAMPLERS: dict[Sampler, SamplerFn] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpm++": sample_dpm_solver,
+                                      "euler": sample_euler}
 """Sampler by the names `generate.sampler` accepts (`config.Sampler`)."""
+
+
+def check_sampler(name: str, schedule: Schedule | FlowSchedule) -> None:
+    """Raise ValueError unless sampler `name` samples models of `schedule`'s objective."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    if (name == "euler") != isinstance(schedule, FlowSchedule):
+        raise ValueError('sampler "euler" samples rectified-flow models; this one is IDDPM (use ddpm, ddim or dpm++)'
+                         if name == "euler" else
+                         f'this model was trained with rectified flow: use sampler "euler", not {name!r}')

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from uniform_cli.config import DiffusionConfig, Prediction
+from uniform_cli.config import ClipSpec, DiffusionConfig, Prediction
+from uniform_cli.diffusion.flow import FlowSchedule, make_flow_schedule
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,16 @@ def schedule_from_betas(betas: torch.Tensor, timestep_map: torch.Tensor | None =
     )
 
 
-def make_schedule(cfg: DiffusionConfig) -> Schedule:
-    """The linear IDDPM training schedule; betas are scaled by 1000 / num_timesteps so any step count
-    spans the same noise levels as the 1,000-step schedule."""
+def make_schedule(cfg: DiffusionConfig, spec: ClipSpec | None = None) -> Schedule | FlowSchedule:
+    """The training schedule of `cfg.objective`. IDDPM's is linear; its betas are scaled by 1000 / num_timesteps
+    so any step count spans the same noise levels as the 1,000-step schedule. Rectified flow's shift follows the
+    clip `spec` (the recipe's `data`) unless `cfg.flow_shift` is set."""
     if cfg.num_timesteps < 2:
         raise ValueError(f"diffusion.num_timesteps must be at least 2, not {cfg.num_timesteps}")
+    if cfg.objective == "rflow":
+        if spec is None and cfg.flow_shift == 0:
+            raise ValueError("rflow with flow_shift = 0 takes its shift from the clip: pass the recipe's data")
+        return make_flow_schedule(cfg, spec or ClipSpec())
     scale = 1000.0 / cfg.num_timesteps
     betas = torch.linspace(scale * cfg.beta_start, scale * cfg.beta_end, cfg.num_timesteps, dtype=torch.float64)
     return schedule_from_betas(betas, prediction=cfg.prediction)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uniform_cli.config import QKNorm
 from uniform_cli.model.layers import Attention, Mlp, MultiHeadCrossAttention, t2i_modulate
 
 
@@ -14,7 +15,7 @@ class STDiT3Block(nn.Module):
     """One spatial (attention over the S tokens of a frame) or temporal (attention over the F frames at
     one position, RoPE over time) block. Parameter names follow Open-Sora's `STDiT3Block`."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True,
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: QKNorm = "rms",
                  temporal: bool = False):
         super().__init__()
         self.temporal = temporal

@@ -46,9 +46,12 @@ class ImportReport:
     """Checkpoint key (or group) -> why it was not used."""
     initial: list[str] = field(default_factory=list)
     """Model keys the checkpoint does not provide; they keep their initial values."""
+    warnings: list[str] = field(default_factory=list)
+    """Where the imported part of the model does not compute what the checkpoint's model computed."""
 
     def summary(self) -> str:
         lines = [f"{self.layout} weights from {self.source}: {len(self.loaded)} tensors loaded"]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  partly loaded {k}: {v}" for k, v in self.partial.items()]
         lines += [f"  skipped {k}: {v}" for k, v in self.skipped.items()]
         groups = sorted({_group(k) for k in self.initial})
@@ -213,10 +216,29 @@ def _pixart_mapping(model: UniForm, state: dict[str, torch.Tensor]) -> Mapping:
                      "mlp.fc1", "mlp.fc2"):
             for p in ("weight", "bias"):
                 m[f"spatial_blocks.{i}.{name}.{p}"] = ([f"blocks.{i}.{name}.{p}"], _same)
-        for name in ("attn.q_norm.weight", "attn.k_norm.weight"):
-            if f"blocks.{i}.{name}" in state:  # PixArt trained with qk_norm
-                m[f"spatial_blocks.{i}.{name}"] = ([f"blocks.{i}.{name}"], _same)
+        for name in ("attn.q_norm", "attn.k_norm"):  # PixArt trained with qk_norm: LayerNorm(hidden), with a bias
+            for p in ("weight", "bias"):
+                if f"blocks.{i}.{name}.{p}" in state:
+                    m[f"spatial_blocks.{i}.{name}.{p}"] = ([f"blocks.{i}.{name}.{p}"], _same)
     return m
+
+
+def _check_pixart_qk_norm(model: UniForm, state: dict[str, torch.Tensor], report: ImportReport) -> None:
+    """PixArt's attention variants against the model's `qk_norm`: a mismatch that would change the function is an
+    error or a plain warning, and PixArt-Sigma's KV compression, which UniForm has not, is an error."""
+    kind = model.cfg.qk_norm
+    if any(".attn.sr." in k for k in state):
+        raise CheckpointError(f"{report.source}: this PixArt compresses keys and values (attn.sr, PixArt-Sigma "
+                              "kv_compress); UniForm's attention has no such layer, so it cannot be imported")
+    trained_with = "layernorm" if any(k.endswith("attn.q_norm.bias") for k in state) else (
+        "rms" if any(k.endswith(("attn.q_norm.weight", "attn1.norm_q.weight")) for k in state) else "none")
+    if trained_with == "layernorm" and kind != "layernorm":
+        raise CheckpointError(f'{report.source}: this PixArt was trained with qk_norm (LayerNorm with a bias over the '
+                              f'width); set [model] qk_norm = "layernorm" to import it (the model has "{kind}")')
+    if trained_with == "none" and kind != "none":
+        report.warnings.append(
+            f"this PixArt was trained without qk_norm and the model normalises queries and keys ({kind!r}): its spatial "
+            'blocks are not the PixArt function until trained; [model] qk_norm = "none" imports it exactly')
 
 
 def _diffusers_mapping(model: UniForm, state: dict[str, torch.Tensor]) -> Mapping:
@@ -332,6 +354,7 @@ def load_pixart_weights(model: UniForm, path: str | Path) -> ImportReport:
     state = read_state_dict(path, error=CheckpointError)
     if any(k.startswith("transformer_blocks.") for k in state):
         report = ImportReport(str(path), "PixArt (diffusers PixArtTransformer2DModel)")
+        _check_pixart_qk_norm(model, state, report)
         mapping = _diffusers_mapping(model, state)
         ignorable = {
             "adaln_single.emb.resolution_embedder": "PixArt-alpha 1024 micro-condition (image size); UniForm has none",
@@ -340,6 +363,7 @@ def load_pixart_weights(model: UniForm, path: str | Path) -> ImportReport:
         report.skipped["null text"] = "diffusers PixArt has no learned null caption; y_embedder.y_embedding stays at init"
     else:
         report = ImportReport(str(path), "PixArt (original)")
+        _check_pixart_qk_norm(model, state, report)
         mapping = _pixart_mapping(model, state)
         ignorable = {
             "pos_embed": "fixed sin-cos table of a square image; positions are recomputed for audible frames",

@@ -7,10 +7,13 @@ PyTorch picks its flash or memory-efficient kernel itself.
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from uniform_cli.config import QKNorm
 
 # -- pure functions -----------------------------------------------------------------------------------------
 
@@ -78,23 +81,39 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention over `B N C` with optional per-head QK RMSNorm and RoPE."""
+def qk_norm_layer(kind: QKNorm, dim: int, num_heads: int) -> nn.Module:
+    """The norm of queries or keys of `kind` (`config.QKNorm`): per head, over the width, or none."""
+    if kind == "rms":
+        return RMSNorm(dim // num_heads)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim)  # PixArt's: eps 1e-5, weight and bias
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"qk_norm must be one of {', '.join(typing.get_args(QKNorm))}, not {kind!r}")
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True):
+
+class Attention(nn.Module):
+    """Multi-head self-attention over `B N C` with QK normalisation (`qk_norm_layer`) and optional RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: QKNorm = "rms"):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
-        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.q_norm = qk_norm_layer(qk_norm, dim, num_heads)
+        self.k_norm = qk_norm_layer(qk_norm, dim, num_heads)
+        self.norm_per_head = qk_norm == "rms"
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
-        q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # B heads N D
+        heads = (b, n, self.num_heads, self.head_dim)
+        q, k, v = self.qkv(x).view(b, n, 3, c).unbind(2)
+        if self.norm_per_head:
+            q, k = self.q_norm(q.view(heads)), self.k_norm(k.view(heads))
+        else:
+            q, k = self.q_norm(q).view(heads), self.k_norm(k).view(heads)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(heads).transpose(1, 2)  # B heads N D
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,22 @@ from uniform_cli.types import AV
 POSITION_UNIT = 64
 """Latent rows of a 512-pixel frame. Positions are spaced POSITION_UNIT / H apart (2 at 256 px), the spacing
 PixArt-Sigma (pe_interpolation 0.5) and Open-Sora 1.2 use at 256 px, so imported weights see familiar positions."""
+
+
+@dataclass
+class Conditioning:
+    """What every block of one forward sees besides the tokens: projected text `B L D` and its mask `B L`, the
+    timestep embeddings `B D` of t and of 0 and their modulations `B 6D`, the given-token mask `B N 1`, and RoPE
+    (cos, sin) `F head_dim` over time."""
+
+    y: torch.Tensor
+    y_mask: torch.Tensor
+    t_emb: torch.Tensor
+    t0_emb: torch.Tensor
+    t_mod: torch.Tensor
+    t0_mod: torch.Tensor
+    given: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
 
 
 class UniForm(nn.Module):
@@ -62,7 +79,7 @@ class UniForm(nn.Module):
             [STDiT3Block(c, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm, temporal=True) for _ in range(cfg.depth)]
         )
         self.final_layer = T2IFinalLayer(c, math.prod(cfg.patch_size), self.out_channels)
-        self.checkpoint_depth = cfg.depth if cfg.grad_checkpointing else 0
+        self.checkpoint_depth = cfg.depth if cfg.grad_checkpointing else cfg.checkpoint_blocks
         """Leading (spatial, temporal) block pairs whose activations are recomputed in the backward pass."""
         self.initialize_weights()
 
@@ -94,7 +111,8 @@ class UniForm(nn.Module):
         self, text: torch.Tensor, text_mask: torch.Tensor, drop_text: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text `B L text_dim` + mask `B L` -> projected text `B L' D` + mask; dropped rows get the learned null
-        text with all of its `text_len` tokens valid, so they carry nothing of the caption, not even its length."""
+        text, with all of its `text_len` tokens valid (`null_text_mask` "full": nothing of the caption is left, not
+        even its length) or the prompt's own mask ("prompt", Open-Sora's; a prompt without tokens gets all)."""
         b, length = text.shape[:2]
         if text.dim() != 3 or text.shape[2] != self.cfg.text_dim:
             raise ValueError(f"text has shape {tuple(text.shape)}; expected (B, L, {self.cfg.text_dim})")
@@ -110,15 +128,11 @@ class UniForm(nn.Module):
             text_mask = F.pad(text_mask, (0, pad), value=False)
             drop = drop_text.bool().view(b, 1)
             text = torch.where(drop[..., None], null[None], text)
-            text_mask = text_mask | drop
+            whole = drop if self.cfg.null_text_mask == "full" else drop & ~text_mask.any(dim=1, keepdim=True)
+            text_mask = text_mask | whole
         return self.y_embedder(text), text_mask
 
-    def _block(self, index: int, block: STDiT3Block, *args) -> torch.Tensor:
-        if index < self.checkpoint_depth and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
-    def forward(
+    def embed(
         self,
         x: AV,
         t: torch.Tensor,
@@ -126,12 +140,9 @@ class UniForm(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
         drop_text: torch.Tensor | None = None,
-    ) -> AV:
-        """x: video `B C F H W` and audio `B C T M` latents (clean where given); t `B` timesteps; generated: the
-        job's masks, per modality `[B]` or `[B, F]`, True where generated (`diffusion.tasks`: given frames get
-        t = 0 modulation, and the task token is `task_of(generated)`); text `B L text_dim` with text_mask `B L` (True = real token); drop_text `B` bool, True where the
-        text is replaced by the learned null text (classifier-free guidance).
-        Returns float32 video and audio outputs with 2C channels per modality (noise, then variance) or C without pred_sigma."""
+    ) -> tuple[torch.Tensor, Conditioning]:
+        """The tokens `B N D` before the first block, and what every block sees besides them (`forward`'s
+        arguments)."""
         lay, cfg = self.layout, self.cfg
         dtype = self.x_embedder.proj.weight.dtype
         b = x.video.shape[0]
@@ -154,17 +165,54 @@ class UniForm(nn.Module):
         t_mod, t0_mod = self.t_block(torch.cat([t_emb, t0_emb])).chunk(2)
         y, y_mask = self.encode_text(text, text_mask, drop_text)
         rope = rope_cos_sin(tf, d // cfg.num_heads, device=h.device)
+        return h, Conditioning(y, y_mask, t_emb, t0_emb, t_mod, t0_mod, given, rope)
 
-        for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
-            h = self._block(i, spatial, h, y, y_mask, t_mod, t0_mod, given, tf)
-            h = self._block(i, temporal, h, y, y_mask, t_mod, t0_mod, given, tf, rope)
+    def run_blocks(self, h: torch.Tensor, cond: Conditioning, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Tokens `B N D` through the (spatial, temporal) block pairs `start` to `stop` (default: the last); pairs
+        below `checkpoint_depth` are recomputed in the backward pass when gradients are on."""
+        frames = self.layout.grid[0]
+        pairs = list(zip(self.spatial_blocks, self.temporal_blocks))
+        for i in range(start, len(pairs) if stop is None else stop):
+            spatial, temporal = pairs[i]
+            args = (cond.y, cond.y_mask, cond.t_mod, cond.t0_mod, cond.given, frames)
+            if i < self.checkpoint_depth and torch.is_grad_enabled():
+                h = checkpoint(spatial, h, *args, use_reentrant=False)
+                h = checkpoint(temporal, h, *args, cond.rope, use_reentrant=False)
+            else:
+                h = temporal(spatial(h, *args), *args, cond.rope)
+        return h
 
-        h = self.final_layer(h, t_emb, t0_emb, given)  # B N (pt ph pw Cout)
+    def head(self, h: torch.Tensor, cond: Conditioning) -> AV:
+        """Tokens after the last block -> float32 video and audio outputs (`forward`'s result)."""
+        lay, cfg = self.layout, self.cfg
+        b = h.shape[0]
+        tf, th, tw = lay.grid
+        h = self.final_layer(h, cond.t_emb, cond.t0_emb, cond.given)  # B N (pt ph pw Cout)
         pt, ph, pw = cfg.patch_size
         h = h.view(b, tf, th, tw, pt, ph, pw, self.out_channels).float()
         frames = h.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, tf * pt, th * ph, tw * pw)
         video, audio, _ = unpack_audible_frames(frames, lay)
         return AV(video=video, audio=audio)
+
+    def forward(
+        self,
+        x: AV,
+        t: torch.Tensor,
+        generated: AV,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        drop_text: torch.Tensor | None = None,
+    ) -> AV:
+        """x: video `B C F H W` and audio `B C T M` latents (clean where given); t `B` timesteps; generated: the
+        job's masks, per modality `[B]` or `[B, F]`, True where generated (`diffusion.tasks`: given frames get
+        t = 0 modulation, and the task token is `task_of(generated)`); text `B L text_dim` with text_mask `B L`
+        (True = real token); drop_text `B` bool, True where the text is replaced by the learned null text
+        (classifier-free guidance).
+        Returns float32 video and audio outputs with 2C channels per modality (noise, then variance) or C without
+        pred_sigma. The three stages are separate methods so that a step cache (`model.cache`) can stop after the
+        first block pair."""
+        h, cond = self.embed(x, t, generated, text, text_mask, drop_text)
+        return self.head(self.run_blocks(h, cond), cond)
 
 
 def build_model(cfg: ModelConfig) -> UniForm:

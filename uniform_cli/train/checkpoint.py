@@ -3,7 +3,9 @@
     runs/NAME/checkpoints/
         step_000200/
             mp_rank_00_model_states.pt ...   DeepSpeed: weights, optimizer, lr schedule
-            config.json, model.safetensors   the EMA weights (UniForm.from_pretrained / generate load these)
+            config.json, model.safetensors   the EMA weights (UniForm.from_pretrained / generate load these),
+                                             LoRA adapters merged in (`finetune`: then also ema.safetensors and
+                                             adapter_model.safetensors + adapter_config.json)
             recipe.toml                      the resolved recipe (codecs, diffusion and sampling settings)
             trainer_state.json               step, samples seen, loader position
             rng_rank0.pt ...                 each rank's RNG states
@@ -64,7 +66,7 @@ def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, state: dict[str, Any
     """Save everything needed to resume at `step`, export the EMA model, point `latest` at it, prune old ones."""
     import torch.distributed as dist
 
-    from uniform_cli.model.checkpoint import save_pretrained
+    from uniform_cli.train.finetune import save_weights
 
     tag = step_tag(step)
     partial = f"{tag}.partial"
@@ -76,7 +78,7 @@ def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, state: dict[str, Any
     engine.save_checkpoint(str(ckpt_dir), tag=partial, save_latest=False)
     torch.save(rng_state(), ckpt_dir / partial / f"rng_rank{rank}.pt")
     if rank == 0:
-        save_pretrained(ema, ckpt_dir / partial)
+        save_weights(ema, ckpt_dir / partial)
         (ckpt_dir / partial / "recipe.toml").write_text(recipe_toml)
         (ckpt_dir / partial / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
     dist.barrier()
@@ -104,10 +106,12 @@ def load_checkpoint(engine, ema, folder: Path, rank: int) -> dict[str, Any]:
     """Restore DeepSpeed state, EMA weights and this rank's RNG states; returns the trainer state."""
     from safetensors.torch import load_file
 
+    from uniform_cli.train.finetune import ema_weights_file
+
     _, client = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_module_strict=True)
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder}")
-    ema.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    ema.load_state_dict(load_file(ema_weights_file(folder)), strict=True)
     rng_file = folder / f"rng_rank{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))

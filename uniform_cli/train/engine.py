@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from uniform_cli.config import TrainConfig
+from uniform_cli.config import ConfigError, TrainConfig
 
 
 def init_distributed() -> tuple[int, int]:
@@ -46,8 +47,44 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MONITORS = {"tensorboard": "tensorboard", "wandb": "wandb", "csv_monitor": None, "comet": "comet_ml"}
+"""DeepSpeed's monitors (keys of the `[deepspeed]` table) and the package each needs."""
+MONITOR_FOLDERS = {"tensorboard": "tensorboard", "csv_monitor": "csv"}
+"""Where in the run folder a monitor that writes files writes them when the recipe does not say."""
+
+
+def check_monitors(raw: dict[str, Any]) -> None:
+    """Raise ConfigError when the `[deepspeed]` table's monitor settings are not DeepSpeed's, or an enabled monitor's
+    package is missing (DeepSpeed would print a hint and fail with an ImportError while building the engine)."""
+    import importlib.util
+
+    from deepspeed.monitor.config import get_monitor_config
+
+    try:
+        monitors = get_monitor_config(raw)
+    except ValueError as err:  # pydantic's ValidationError, with one entry per bad key
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"[deepspeed] monitor settings: {problems}") from None
+    for key, package in MONITORS.items():
+        if package and getattr(monitors, key).enabled and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"[deepspeed] {key}.enabled = true needs the {package} package: pip install {package} "
+                              f"(or set {key}.enabled = false)")
+
+
+def _monitor_defaults(cfg: TrainConfig, raw: dict[str, Any]) -> dict[str, Any]:
+    """An enabled file-writing monitor writes into the run folder ({output_dir}/{name}/tensorboard, .../csv) unless
+    the recipe names a place: DeepSpeed's own default is a folder "DeepSpeedJobName" in the working directory."""
+    out: dict[str, Any] = {}
+    for key, folder in MONITOR_FOLDERS.items():
+        table = raw.get(key)
+        if isinstance(table, dict) and table.get("enabled") and not table.get("output_path"):
+            out[key] = {"output_path": str(Path(cfg.output_dir) / cfg.name), "job_name": table.get("job_name", folder)}
+    return out
+
+
 def deepspeed_config(cfg: TrainConfig, world_size: int, raw: dict[str, Any] | None = None) -> dict[str, Any]:
-    """DeepSpeed's JSON config from the train settings; the recipe's raw `[deepspeed]` table wins."""
+    """DeepSpeed's JSON config from the train settings; the recipe's raw `[deepspeed]` table wins (monitors
+    enabled there without an output_path write into the run folder)."""
     per_step = cfg.micro_batch * world_size
     if cfg.batch_size % per_step:
         raise ValueError(
@@ -64,7 +101,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, raw: dict[str, Any] | No
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    return _merge(config, raw or {})
+    raw = raw or {}
+    return _merge(_merge(config, raw), _monitor_defaults(cfg, raw))
 
 
 def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int, raw: dict[str, Any] | None = None):

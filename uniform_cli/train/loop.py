@@ -1,4 +1,5 @@
-"""Multitask training runs: setup from a recipe, the loop over `train_step`, checkpoints, logging and stopping.
+"""Multitask training runs: setup from a recipe, the loop over `train_step`, checkpoints, logging (metrics.jsonl and
+DeepSpeed's monitors), samples to watch (`train.samples`) and stopping.
 
 The loader restarts at a recorded position and each step's randomness is a function of where it is in the run
 (see `uniform_cli.train.step`), so a resumed run repeats exactly what an uninterrupted run would have done.
@@ -21,6 +22,7 @@ from uniform_cli.atomic import open_append, read_complete, sweep_temp, write_tex
 from uniform_cli.config import Recipe, recipe_to_toml
 from uniform_cli.diffusion.tasks import JOBS
 from uniform_cli.memory import peak_memory_bytes
+from uniform_cli.train.finetune import apply_finetuning, finetunes_part
 from uniform_cli.train.step import (
     NonFiniteLoss,
     StepParts,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from uniform_cli.latents.loader import LatentBatch
+    from uniform_cli.train.samples import TrainingSampler
 
 
 class Stopped(Exception):
@@ -61,8 +64,16 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def initial_weights(model: torch.nn.Module, spec: str) -> str:
-    """Load `train.init_from` ("pixart:PATH", "opensora:PATH", "uniform:PATH") into `model`; returns a note."""
+OPENSORA_OBJECTIVE = (
+    "WARNING: Open-Sora 1.2's STDiT-v3 weights were trained with rectified flow (their first output half is a "
+    'velocity), and this recipe trains them with IDDPM; set [diffusion] objective = "rflow" and [generate] '
+    'sampler = "euler" to keep their objective'
+)
+
+
+def initial_weights(model: torch.nn.Module, spec: str, objective: str = "iddpm") -> str:
+    """Load `train.init_from` ("pixart:PATH", "opensora:PATH", "uniform:PATH") into `model`; returns a note (with
+    a warning when Open-Sora weights are trained with another objective than their own)."""
     from uniform_cli.model import checkpoint as ckpt
 
     if not spec:
@@ -80,7 +91,8 @@ def initial_weights(model: torch.nn.Module, spec: str) -> str:
         report = "all weights"
     else:
         raise TrainingError(f"train.init_from {spec!r}: use pixart:PATH, opensora:PATH or uniform:PATH")
-    return f"{kind} weights from {path}: {report}"
+    note = f"{kind} weights from {path}: {report}"
+    return f"{note}. {OPENSORA_OBJECTIVE}" if kind == "opensora" and objective != "rflow" else note
 
 
 @dataclass
@@ -100,6 +112,8 @@ class Run:
     """{output_dir}/{name}: recipe.toml, metrics.jsonl, checkpoints/."""
     recipe_toml: str
     """The resolved recipe, saved with every checkpoint."""
+    sampler: TrainingSampler | None = None
+    """Rank 0's fixed samples when `train.sample_every` is set."""
 
 
 def setup(recipe: Recipe, resume: str | None, console: Console) -> Run:
@@ -111,10 +125,12 @@ def setup(recipe: Recipe, resume: str | None, console: Console) -> Run:
     from uniform_cli.model.uniform import build_model
     from uniform_cli.train.checkpoint import load_checkpoint, resume_folder
     from uniform_cli.train.ema import make_ema
-    from uniform_cli.train.engine import build_engine, init_distributed
+    from uniform_cli.train.engine import build_engine, check_monitors, init_distributed
+    from uniform_cli.train.samples import TrainingSampler
 
     cfg, data = recipe.train, recipe.data
     # Everything that can be checked without work is checked first.
+    check_monitors(recipe.deepspeed)
     info = shard_info(data.shards)
     info.check_shapes(recipe.model.video_latent, recipe.model.audio_latent)
     info.check_codecs(recipe.codec, recipe.data)
@@ -133,7 +149,9 @@ def setup(recipe: Recipe, resume: str | None, console: Console) -> Run:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
     model = build_model(recipe.model)
-    note = initial_weights(model, cfg.init_from)
+    note = initial_weights(model, cfg.init_from, recipe.diffusion.objective)
+    if finetunes_part(cfg):
+        note += f"; {apply_finetuning(model, cfg).summary()}"
     if rank == 0 and not _built_ops():
         console.print("building the DeepSpeed engine: on its first run on a machine DeepSpeed compiles a small C++ "
                       "op (about a minute; later runs reuse it)", markup=False)
@@ -152,7 +170,12 @@ def setup(recipe: Recipe, resume: str | None, console: Console) -> Run:
         text_encoder = TextEncoder.from_pretrained(
             recipe.codec.text_encoder, max_length=recipe.model.text_len, device=device, dtype=dtype
         )
-    parts = StepParts(engine, ema, make_schedule(recipe.diffusion), cfg, data, rank, device, text_encoder, text_free)
+    parts = StepParts(engine, ema, make_schedule(recipe.diffusion, recipe.data.clip), cfg, data, rank, device, text_encoder, text_free)
+
+    sampler = None
+    if rank == 0 and cfg.sample_every:
+        sampler = TrainingSampler.build(recipe, ema, parts.schedule, device, text_encoder, text_free,
+                                        run_dir / "samples")
 
     step, samples_seen, batches_seen = 0, 0, 0
     if resume_dir is not None:
@@ -170,7 +193,7 @@ def setup(recipe: Recipe, resume: str | None, console: Console) -> Run:
         num_workers=data.num_workers, shuffle_buffer=data.shuffle_buffer,
     )
     batches = loader.from_step(batches_seen)  # the stream an uninterrupted run would be at
-    return Run(parts, batches, step, samples_seen, batches_seen, run_dir, recipe_toml)
+    return Run(parts, batches, step, samples_seen, batches_seen, run_dir, recipe_toml, sampler)
 
 
 def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = None) -> Path:
@@ -192,7 +215,8 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
     metrics_path = run.run_dir / "metrics.jsonl"
     if rank == 0:
         keep_metrics_until(metrics_path, step)  # steps after the checkpoint are done again: logged once
-    writer = _tensorboard(run.run_dir) if rank == 0 else None
+    monitor = parts.engine.monitor  # DeepSpeed's: TensorBoard, W&B, CSV as the [deepspeed] table sets them
+    writer = monitor.tb_monitor.summary_writer if monitor.tb_monitor is not None else None
     stop = _StopFlag()
     last = step
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -216,9 +240,7 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
                 record = _metrics(step, result, cfg.batch_size, seconds, tokens)
                 with open_append(metrics_path) as f:
                     f.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for k, v in record.items():
-                        writer.add_scalar(f"train/{k}", v, step)
+                monitor.write_events([(f"train/{k}", v, step) for k, v in record.items() if k != "step"])
                 progress.update(step, loss=record["loss"], samples_per_s=record["samples_per_s"])
             state = {"samples_seen": samples_seen, "batches_seen": batches_seen}
             stopping = any_rank(stop.signal is not None, parts.device)
@@ -227,12 +249,12 @@ def train(recipe: Recipe, resume: str | None = None, stop_after: int | None = No
                 last = step
             if stopping:
                 raise Stopped(stop.signal or signal.SIGTERM, step, ckpt_dir / step_tag(step))
+            if run.sampler is not None and step % cfg.sample_every == 0:
+                run.sampler.sample(step, writer)
     finally:
         stop.restore()
         if progress is not None:
             progress.stop()
-        if writer is not None:
-            writer.close()
     if rank == 0:
         console.print(f"done: step {step}, last checkpoint {ckpt_dir / 'latest'} (step {last}); metrics in {metrics_path}")
     return run.run_dir
@@ -279,7 +301,7 @@ def _save_diagnosis(folder: Path, err: NonFiniteLoss, model: torch.nn.Module, ra
     """The micro-batch whose loss was not finite (each rank's) and the weights it met (rank 0), in `folder`."""
     from safetensors.torch import save_file
 
-    from uniform_cli.model.checkpoint import save_pretrained
+    from uniform_cli.train.finetune import save_weights
 
     folder.mkdir(parents=True, exist_ok=True)
     inputs = err.inputs
@@ -291,12 +313,5 @@ def _save_diagnosis(folder: Path, err: NonFiniteLoss, model: torch.nn.Module, ra
     }
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / f"batch_rank{rank}.safetensors")
     if rank == 0:
-        save_pretrained(model, folder)
+        save_weights(model, folder)
 
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))

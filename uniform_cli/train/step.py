@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from uniform_cli.config import DataConfig, TrainConfig
-from uniform_cli.diffusion.losses import hybrid_loss, noised_input
+from uniform_cli.diffusion.flow import FlowSchedule
+from uniform_cli.diffusion.losses import draw_timesteps, noised_input, training_loss
 from uniform_cli.diffusion.schedule import Schedule
 from uniform_cli.diffusion.tasks import JOBS, SPAN_JOBS, job_masks, task_masks
 from uniform_cli.train.ema import update_ema
@@ -66,12 +67,12 @@ class StepInputs:
     drop_text: torch.Tensor
 
 
-def draw_step_inputs(x0: AV, data: DataConfig, num_timesteps: int, g: torch.Generator) -> StepInputs:
+def draw_step_inputs(x0: AV, data: DataConfig, schedule: Schedule | FlowSchedule, g: torch.Generator) -> StepInputs:
     """Jobs, timesteps, noise, text dropping and the jobs' spans for a batch of clean latents (drawn on the CPU,
     in that order, then moved)."""
     b, frames = x0.batch_size, x0.video.shape[2]
     job = sample_jobs(data, b, g)
-    t = torch.randint(0, num_timesteps, (b,), generator=g)
+    t = draw_timesteps(schedule, b, g)
     noise = x0.map(lambda x: torch.randn(x.shape, generator=g))
     drop = torch.rand(b, generator=g) < data.text_drop
     generated = job_masks(job, frames, g) if uses_span_jobs(data) else task_masks(job, frames)
@@ -88,8 +89,8 @@ class StepParts:
     """The DeepSpeed engine: the model, AdamW, the lr schedule, gradient accumulation and clipping."""
     ema: nn.Module
     """The averaged weights (what `generate` uses), updated after every step."""
-    schedule: Schedule
-    """The training diffusion schedule."""
+    schedule: Schedule | FlowSchedule
+    """The training schedule (its type is the objective: IDDPM or rectified flow)."""
     train: TrainConfig
     """Seed, precision and EMA decay."""
     data: DataConfig
@@ -114,7 +115,7 @@ class StepResult:
     """What one optimizer step did on this rank."""
 
     loss: torch.Tensor
-    """`B` the hybrid loss of each sample the step read (all its micro-batches)."""
+    """`B` the training loss of each sample the step read (all its micro-batches)."""
     job: torch.Tensor
     """`B` the job of each of those samples (indices into `diffusion.tasks.JOBS`)."""
     grad_norm: float
@@ -136,12 +137,12 @@ class NonFiniteLoss(TrainingError):
 
 
 def forward_backward(parts: StepParts, batch: LatentBatch, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, masked hybrid loss and backward of micro-batch `micro` of `step`; returns its per-sample loss `B`
+    """Forward, masked training loss and backward of micro-batch `micro` of `step`; returns its per-sample loss `B`
     (detached) and job ids `B`. Raises NonFiniteLoss on every rank when the loss of any rank is not finite."""
     device, dtype, engine = parts.device, parts.dtype, parts.engine
     x0 = batch.latents.to(device=device, dtype=torch.float32)
     g = step_generator(parts.train.seed, step, micro, parts.rank)
-    inputs = draw_step_inputs(x0, parts.data, parts.schedule.num_timesteps, g)
+    inputs = draw_step_inputs(x0, parts.data, parts.schedule, g)
     if parts.text_free:
         text = torch.zeros(x0.batch_size, 1, engine.module.cfg.text_dim)
         text_mask = torch.zeros(x0.batch_size, 1, dtype=torch.bool)
@@ -153,7 +154,7 @@ def forward_backward(parts: StepParts, batch: LatentBatch, step: int, micro: int
     x_t = noised_input(parts.schedule, inputs.x0, inputs.t, inputs.noise, inputs.generated)
     out = engine(x_t.to(dtype=dtype), inputs.t, inputs.generated, text.to(device, dtype), text_mask.to(device),
                  inputs.drop_text)
-    terms = hybrid_loss(parts.schedule, inputs.x0, inputs.t, inputs.noise, out, inputs.generated)
+    terms = training_loss(parts.schedule, inputs.x0, inputs.t, inputs.noise, out, inputs.generated)
     loss = terms.loss.mean()
     if any_rank(not torch.isfinite(loss).item(), device):  # every rank stops at the same micro-batch
         raise NonFiniteLoss(step, loss.item(), inputs, text, text_mask)
