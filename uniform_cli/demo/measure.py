@@ -7,9 +7,8 @@ Nearest-kind classification uses simple features of the world, no learned weight
            (which pitches sound, how much they vary, how impulsive they are), with levels taken relative to the
            clip's median level (the codec peak-normalises each clip, so one loud instant would lower all the rest)
 Every feature is standardised by the reference clips' statistics; a clip gets the kind of the nearest kind
-centroid. AV-Align pairs reuse the eval stage's own peak functions, so that every (video i, audio j) pair of a
-set is scored from one onset and one optical-flow pass per clip; a permutation test says how often random
-re-pairings score as well as the true pairs.
+centroid. AV-Align pairs, their shuffled-pair baseline and the permutation test are the eval stage's own
+(`eval.av_align.av_align_scores`, `eval.pairing`); this module adds the demo's second sync measure.
 
 Motion-onset correlation is a second sync measure, one that grain cannot swamp. AV-Align counts every strict
 local maximum of a clip's optical flow as a motion peak, with no threshold, so any change to a still picture
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uniform_cli.eval.av_align import audio_peak_times, peak_iou, video_peak_times
 from uniform_cli.media import mel as melspec
 
 
@@ -87,51 +85,6 @@ class NearestKind:
         if not len(kinds):
             return float("nan")
         return float(np.mean([p == k for p, k in zip(self.predict(features), kinds)]))
-
-
-@dataclass
-class Peaks:
-    """One clip's AV-Align peaks (seconds), computed once."""
-
-    audio: np.ndarray
-    video: np.ndarray
-
-
-def clip_peaks(frames: np.ndarray, fps: float, wave: np.ndarray, sample_rate: int) -> Peaks:
-    return Peaks(audio_peak_times(wave, sample_rate), video_peak_times(frames, fps))
-
-
-def av_align_scores(peaks: list[Peaks], fps: float) -> np.ndarray:
-    """AV-Align of the picture of clip i with the sound of clip j, `N N`."""
-    return np.array([[peak_iou(a.audio, v.video, fps) for a in peaks] for v in peaks])
-
-
-def true_pairs(scores: np.ndarray) -> np.ndarray:
-    """Every clip with its own sound, `N`: the diagonal of an `N N` score matrix (`av_align_scores`,
-    `correlation_scores`)."""
-    return np.diag(scores).copy()
-
-
-def shuffled_pairs(scores: np.ndarray) -> np.ndarray:
-    """Every mismatched pair (picture of clip i, sound of clip j != i), `N (N - 1)`: the baseline of sound and
-    picture that have nothing to do with each other."""
-    return scores[~np.eye(len(scores), dtype=bool)]
-
-
-def pairing_p_value(scores: np.ndarray, draws: int = 2000, seed: int = 0) -> float:
-    """How often chance pairs do as well as the true ones: the share of random re-pairings (each clip's picture
-    with another clip's sound, none kept with its own) whose mean score reaches the true pairs' mean. Small
-    values are evidence of sync; about a half means none."""
-    n = len(scores)
-    if n < 2:
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    rows, means = np.arange(n), []
-    while len(means) < draws:
-        sound = rng.permutation(n)
-        if (sound != rows).all():  # a derangement: no clip keeps its own sound
-            means.append(scores[rows, sound].mean())
-    return float(np.mean(np.array(means) >= np.diag(scores).mean() - 1e-12))
 
 
 def motion_energy(frames: np.ndarray) -> np.ndarray:

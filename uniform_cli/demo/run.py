@@ -234,7 +234,9 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
             folder = out / "generated" / task
             result = evaluate(folder, metrics=["av-align"])
             write_metrics(folder / "metrics.json", result)
-            console.print(f"{folder / 'metrics.json'}: AV-Align {result.values['av_align']:.3f}")
+            base = result.details["baselines"]["AV-Align"]["all"]
+            console.print(f"{folder / 'metrics.json'}: AV-Align {result.values['AV-Align']:.3f} (shuffled pairs "
+                          f"{base['shuffled']:.3f}, re-paired as good: {100 * base['p_value']:.1f}%)")
     with stages.timed("report"):
         report = measure(out, clips, recipe, console, settings.t2av_samples, spans)
     stages.seconds["total"] = time.perf_counter() - start
@@ -289,25 +291,21 @@ def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int =
     from uniform_cli.demo.measure import (
         NearestKind,
         audio_features,
-        av_align_scores,
-        clip_peaks,
         correlation_scores,
         motion_energy,
         onset_strength_at_frames,
-        pairing_p_value,
-        shuffled_pairs,
-        true_pairs,
         video_features,
     )
     from uniform_cli.demo.sheet import SheetBlock, SheetRow, write_contact_sheet
     from uniform_cli.demo.spans import check_span, load_span, span_blocks
+    from uniform_cli.eval.av_align import av_align_scores, clip_peaks
+    from uniform_cli.eval.pairing import pairing_p_value, shuffled_pairs, true_pairs
     from uniform_cli.generate.prompts import sample_names
     from uniform_cli.latents.codecs import build_audio_codec, build_video_codec
 
     clip_dir = out / "data" / "clips"
     train = [c for c in clips if c.split == "train"]
     test = [c for c in clips if c.split == "test"]
-    fps = float(recipe.data.fps)
 
     train_media = [_load(clip_dir, c.key) for c in train]
     video_kind = NearestKind.fit(np.stack([video_features(m[0]) for m in train_media]), [c.kind for c in train])
@@ -338,7 +336,7 @@ def measure(out: Path, clips: list, recipe: Recipe, console, t2av_samples: int =
     av_align, p_values, peak_counts, correlation, correlation_p = {}, {}, {}, {}, {}
     for name, shuffled_name, media in rows:
         peaks = [clip_peaks(*m) for m in media.values()]
-        pairs = av_align_scores(peaks, fps)
+        pairs = av_align_scores(peaks)
         av_align[name], av_align[shuffled_name] = true_pairs(pairs), shuffled_pairs(pairs)
         p_values[name] = pairing_p_value(pairs)
         peak_counts[name] = [float(np.mean([len(p.video) for p in peaks])),

