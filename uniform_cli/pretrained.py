@@ -34,6 +34,7 @@ def resolve_pretrained(
     *,
     example: str | None = None,
     error: type[PretrainedError] = PretrainedError,
+    local_files_only: bool = True,
 ) -> Path:
     """The local folder of `id_or_path`: the folder itself, or the hub id's snapshot in the local HF cache.
 
@@ -42,6 +43,8 @@ def resolve_pretrained(
     means the whole repository (the caller checks what it needs). `what` names the part in messages, and
     `example` is the hub id the message suggests when `id_or_path` is a folder that does not exist.
     `cache_dir` overrides the Hugging Face cache folder (default: $HF_HUB_CACHE). Failures raise `error`.
+    `local_files_only=False` (only where the user asked for it) lets a hub id missing from the cache be
+    downloaded; huggingface_hub then still keeps to the cache when HF_HUB_OFFLINE is set.
     """
     folder = Path(id_or_path).expanduser()
     if folder.is_dir():
@@ -57,13 +60,15 @@ def resolve_pretrained(
         )
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
-        snapshot = Path(
-            snapshot_download(name, cache_dir=cache_dir, local_files_only=True, allow_patterns=list(files) or None)
-        )
-    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError) as err:
+        snapshot = Path(snapshot_download(name, cache_dir=cache_dir, local_files_only=local_files_only,
+                                          allow_patterns=list(files) or None))
+    except (LocalEntryNotFoundError, HFValidationError, HfHubHTTPError, FileNotFoundError) as err:
+        if not local_files_only:
+            raise error(f"{what}: {name!r} is not in the local Hugging Face cache and could not be downloaded: "
+                        f"{err.__class__.__name__}: {err}") from err
         raise error(
             f"{what}: {name!r} is not in the local Hugging Face cache ({err.__class__.__name__}). "
             f"Download it once with `{download_command(name, files, cache_dir)}` (nothing is downloaded "

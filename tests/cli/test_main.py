@@ -18,7 +18,11 @@ ARGUMENTS = {
     "caption": "MANIFEST",
     "encode": "MANIFEST",
     "train": "RECIPE",
+    "plot": "RUN",
     "generate": "PROMPTS",
+    "export": "CHECKPOINT OUT",
+    "gallery": "OUTDIR",
+    "app": "",
     "eval": "GENERATED_DIR",
     "demo": "",
 }

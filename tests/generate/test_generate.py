@@ -224,3 +224,86 @@ def test_span_jobs_through_the_cli_and_cut_inputs_are_said(tmp_path, checkpoint,
     assert kite.shape == (68, TINY_SIZE, TINY_SIZE, 3) and np.abs(kite[0].astype(int) - 200).mean() < 4
     cut, _ = read_video(out / "cut.mp4")
     assert 75 <= len(cut) <= 78 and np.array_equal(cut[:75], source_frames[:75])  # 3 s of the 25 fps video
+
+
+def test_keep_best_makes_candidates_and_keeps_the_best_by_av_align(tmp_path, light_checkpoint):
+    prompts = write_csv(tmp_path / "prompts.csv", ["id,text,seed", "dog,a dog barks,5", "rain,rain on a roof,40"])
+    out = tmp_path / "out"
+    result = invoke(prompts, "--checkpoint", light_checkpoint, "--out", out, "--device", "cpu", "--num-samples", "3",
+                    "--keep-best", "av-align", "--batch-size", "6")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["dog.mp4", "rain.mp4"]  # no candidate files are left
+    by_id = {r["id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert [c["seed"] for c in by_id["dog"]["candidates"]] == [5, 6, 7]
+    assert [c["seed"] for c in by_id["rain"]["candidates"]] == [40, 41, 42]
+    for record in by_id.values():
+        scores = [c["score"] for c in record["candidates"]]
+        best = record["candidates"][int(np.argmax(scores))]
+        assert record["best_seed"] == best["seed"] and record["score_key"] == "AV-Align"
+        assert record["keep_best"] == {"metric": "av-align", "candidates": 3} and "score" in record["timings"]
+
+    assert any(len({c["score"] for c in r["candidates"]}) > 1 for r in by_id.values())  # there was a choice
+
+    # The kept clip is the best candidate itself: generating its seed alone gives the same sound.
+    name = max(by_id, key=lambda k: by_id[k]["best_seed"] - by_id[k]["candidates"][0]["seed"])
+    again = write_csv(tmp_path / "again.csv", ["id,text,seed", f"{name},{by_id[name]['text']},{by_id[name]['best_seed']}"])
+    single = tmp_path / "single"
+    assert invoke(again, "--checkpoint", light_checkpoint, "--out", single, "--device", "cpu").exit_code == 0
+    kept, _ = read_audio(out / f"{name}.wav")
+    alone, _ = read_audio(single / f"{name}.wav")
+    np.testing.assert_allclose(kept, alone, atol=3 / 32768)
+
+
+def test_keep_best_checks_the_request_before_any_work(tmp_path, light_checkpoint):
+    prompts = write_csv(tmp_path / "prompts.csv", ["id,text,task,audio", "dog,a dog barks,t2av,", "x,,t2av,"])
+    out = tmp_path / "out"
+    base = [prompts, "--checkpoint", light_checkpoint, "--out", out, "--device", "cpu"]
+    result = invoke(*base, "--num-samples", "2", "--keep-best", "fad")
+    assert result.exit_code == 2 and "--keep-best takes one of av-align, clap" in result.output
+    result = invoke(*base, "--keep-best", "av-align")
+    assert result.exit_code == 2 and "--num-samples 2 or more" in result.output
+    # CLAP without its model (and with a row that has no caption): one usage error naming both
+    result = invoke(*base, "--num-samples", "2", "--keep-best", "clap", "--clap", tmp_path / "no-clap")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "laion/larger_clap_music_and_speech" in text and "have none: x" in text
+    # DeSync without its weights, on 4 s rows: it needs 4.8 s windows
+    result = invoke(*base, "--num-samples", "2", "--keep-best", "desync", "--weights-dir", tmp_path)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "synchformer_state_dict.pth" in text and "shorter" in text and "dog, x" in text
+    assert not out.exists()
+
+
+def test_keep_best_by_desync_keeps_the_candidate_with_the_smallest_offset(tmp_path, light_checkpoint, light_pipe):
+    """DeSync is a per-clip value, not a paired metric: the kept clip is the candidate whose Synchformer windows
+    (a tiny random instance of the real model) say its sound is least out of step."""
+    import torch
+
+    from uniform_cli.eval.run import EXTRACTORS, METRICS, clip_features
+    from uniform_cli.eval.synchformer import Synchformer, SynchformerConfig
+    from uniform_cli.generate.prompts import plan, read_prompts
+    from uniform_cli.generate.runner import ClipScorer, RunOptions, generate_items
+
+    torch.manual_seed(1)
+    model = Synchformer(SynchformerConfig(width=16, video_depth=1, video_heads=2, audio_depth=1, audio_heads=2,
+                                          sync_depth=1, sync_heads=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    scorer = ClipScorer("desync", METRICS["desync"], EXTRACTORS["synchformer"], model)
+    prompts = write_csv(tmp_path / "prompts.csv", ["id,text,seconds,seed", "dog,a dog barks,6,3"])
+    items = plan(read_prompts(prompts, "t2av", light_pipe.spec), 1, 0, source=prompts)
+    out = tmp_path / "out"
+    report = generate_items(light_pipe, items, out, RunOptions(keep_best="desync", candidates=4, batch_size=4),
+                            scorer=scorer)
+    assert report.generated == ["dog"] and not report.failed
+    (record,) = map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    scores = [c["score"] for c in record["candidates"]]
+    assert [c["seed"] for c in record["candidates"]] == [3, 4, 5, 6] and record["score_key"] == "DeSync"
+    assert record["best_seed"] == record["candidates"][int(np.argmin(scores))]["seed"]  # lower is better
+    frames, fps = read_video(out / "dog.mp4")
+    sound, rate = read_audio(out / "dog.wav")
+    assert len(frames) == 6 * 17
+    kept = METRICS["desync"].per_clip(clip_features(EXTRACTORS["synchformer"], model, frames, fps, sound, rate, None))
+    # the first and the last 4.8 s that Synchformer's 0.32 s segment grid holds
+    assert [w[:2] for w in kept["windows"]] == [[0.0, 4.8], [0.96, 5.76]]
+    assert len(set(scores)) > 1, scores  # there was a choice

@@ -3,6 +3,7 @@ extend, retake, I2AV; any length)."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,7 @@ from typing import Optional
 import typer
 
 from uniform_cli.cli import USAGE, fail
+from uniform_cli.cli.gallery import write_gallery
 from uniform_cli.config import Sampler
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -35,6 +37,12 @@ def main(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips per batch (tasks may be mixed)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of rows without a 'seed' cell."),
     num_samples: int = typer.Option(1, "--num-samples", help="Clips per row, written as {id}_{k} (seed + k)."),
+    keep_best: Optional[str] = typer.Option(
+        None, "--keep-best", help="av-align, clap, ib or desync (clips of 4.8 s or more): make --num-samples "
+        "candidates per row and keep the best as {id}; results.jsonl records each candidate's seed and score."
+    ),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Weight files of the --keep-best metric."),
+    clap: Optional[str] = typer.Option(None, "--clap", help="CLAP folder or cached hub id for --keep-best clap."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip outputs whose mp4, wav and results line exist."),
     part: Optional[str] = typer.Option(
         None, "--part", help="I/N: this process's part of the work (default from RANK/WORLD_SIZE)."
@@ -53,6 +61,10 @@ def main(
         False, "--model-format", help="Write every mp4 at the model's format (V2A rows otherwise keep their own video)."
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks (long runs on GPUs)."),
+    cache: Optional[float] = typer.Option(
+        None, "--cache", min=0.0, help="Step cache threshold, e.g. 0.08: skip blocks on steps that change little (0: off)."
+    ),
+    gallery: bool = typer.Option(False, "--gallery", help="Also write OUT/index.html to look at the clips (uniform gallery)."),
 ) -> None:
     """Generate {id}.mp4 (H.264 + AAC) and {id}.wav per CSV row, and one results.jsonl line per clip.
 
@@ -72,11 +84,12 @@ def main(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from uniform_cli.config import with_codec_overrides
+    from uniform_cli.eval.run import Sources
     from uniform_cli.generate.jobs import TASKS
     from uniform_cli.generate.pipeline import PipelineError, UniFormPipeline, read_checkpoint_recipe, resolve_checkpoint
     from uniform_cli.generate.prompts import PromptsError, plan, read_prompts
     from uniform_cli.generate.results import merge_results
-    from uniform_cli.generate.runner import RunOptions, generate_items, select
+    from uniform_cli.generate.runner import RunOptions, check_scorer, generate_items, load_scorer, select
     from uniform_cli.model.checkpoint import CheckpointError
     from uniform_cli.pretrained import PretrainedError
     from uniform_cli.progress import LogProgress
@@ -102,7 +115,12 @@ def main(
         recipe = read_checkpoint_recipe(folder)
         spec = recipe.data.clip
         rows = read_prompts(prompts, default_task, spec)
-        items = plan(rows, num_samples, recipe.generate.seed if seed is None else seed, source=prompts)
+        items = plan(rows, 1 if keep_best else num_samples, recipe.generate.seed if seed is None else seed, source=prompts)
+        sources = Sources(weights_dir, clap) if clap else Sources(weights_dir)
+        if keep_best is not None and num_samples < 2:
+            raise ValueError("--keep-best picks among --num-samples candidates: give --num-samples 2 or more")
+        if keep_best is not None:
+            check_scorer(keep_best.strip().lower(), sources, items)
     except (PromptsError, PipelineError, ValueError) as e:
         fail(str(e), USAGE)
     options = RunOptions(
@@ -113,6 +131,8 @@ def main(
         batch_size=batch_size or recipe.generate.batch_size,
         overlap=overlap,
         model_format=model_format,
+        keep_best=keep_best.strip().lower() if keep_best else None,
+        candidates=num_samples if keep_best else 1,
     )
     chosen = select(items, part, out, skip_existing, options, recipe.generate)
     todo, skipped = chosen.todo, chosen.skipped
@@ -125,6 +145,8 @@ def main(
         if part.count == 1 and Path(out).is_dir():
             merge_results(Path(out))
         console.print(f"nothing to generate{part_note}: {skipped} output(s) already in {out}")
+        if gallery:
+            write_gallery(out)
         return
 
     if device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -134,6 +156,9 @@ def main(
         pipe = UniFormPipeline.from_pretrained(
             folder, device=device, dtype=getattr(torch, DTYPES[dtype]) if dtype else None, codec=codec, compile=compile
         )
+        if cache is not None:  # the first-block step cache of every sampling loop (uniform_cli.model.cache)
+            pipe.defaults = dataclasses.replace(pipe.defaults, cache=cache)
+        scorer = load_scorer(options.keep_best, sources, str(pipe.device)) if options.keep_best else None
     except (PipelineError, PretrainedError, CheckpointError) as e:
         fail(e)
 
@@ -143,17 +168,20 @@ def main(
             with Progress(*columns, console=console, transient=True) as progress:
                 clips = progress.add_task(f"generating{part_note}", total=len(todo))
                 denoise = progress.add_task("  denoising batch", total=None)
-                report = generate_items(pipe, todo, out, options, part, on_batch=lambda n: progress.advance(clips, n),
+                report = generate_items(pipe, todo, out, options, part, scorer=scorer,
+                                        on_batch=lambda n: progress.advance(clips, n),
                                         on_step=lambda done, total: progress.update(denoise, completed=done, total=total))
         else:  # a log: a plain line now and then
             plain = LogProgress(console, f"generate{part_note}", len(todo), unit=" clips")
-            report = generate_items(pipe, todo, out, options, part, on_batch=plain.advance)
+            report = generate_items(pipe, todo, out, options, part, on_batch=plain.advance, scorer=scorer)
     except (PipelineError, OSError) as e:
         fail(e)
 
     if part.count == 1:
         merge_results(Path(out))
     _summary(console, report, skipped, out, pipe)
+    if gallery:
+        write_gallery(out)
     if report.failed:
         raise typer.Exit(1)
 

@@ -13,7 +13,11 @@ import typer
 
 import uniform_cli
 from uniform_cli.cli import Command, caption, clip, demo, encode, fetch, generate, train
+from uniform_cli.cli import app as app_cmd
 from uniform_cli.cli import eval as eval_cmd
+from uniform_cli.cli import export as export_cmd
+from uniform_cli.cli import gallery as gallery_cmd
+from uniform_cli.cli import plot as plot_cmd
 
 app = typer.Typer(
     name="uniform",
@@ -48,7 +52,11 @@ app.command("clip", cls=Command)(clip.main)
 app.command("caption", cls=Command)(caption.main)
 app.command("encode", cls=Command)(encode.main)
 app.command("train", cls=Command)(train.main)
+app.command("plot", cls=Command)(plot_cmd.main)
 app.command("generate", cls=Command)(generate.main)
+app.command("export", cls=Command)(export_cmd.main)
+app.command("gallery", cls=Command)(gallery_cmd.main)
+app.command("app", cls=Command)(app_cmd.main)
 app.command("eval", cls=Command)(eval_cmd.main)
 app.command("demo", cls=Command)(demo.main)
 

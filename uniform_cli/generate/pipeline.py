@@ -5,6 +5,12 @@
     out.frames[0]  # uint8 `F H W 3` (68 x 256 x 256 x 3 for 4 s at the paper's settings)
     out.wave[0]    # float32 `S` (64,000 samples)
     out = pipe.generate([Job("waves on rocks", "v2a", video=frames_of_60_s)])   # any length, any task of jobs.py
+    out = pipe(prompt="a dog barks", num_inference_steps=25, guidance_scale={"video": 4, "audio": 3},
+               negative_prompt="blurry, noisy", num_videos_per_prompt=2, generator=torch.Generator().manual_seed(0))
+    frames = out[0]   # diffusers' names and indexing; `video`/`audio` may be file paths
+
+`save_pretrained`, `from_pretrained` (a folder, a run, or a hub id in the local cache) and `push_to_hub` go
+through `generate.hub`. `enable_model_cpu_offload()` keeps each part on the GPU only while it runs.
 
 Given media are at the pipeline's clip format, of any length (`prepare_media(path, spec)` with the seconds
 wanted). They are encoded (posterior mean) and held fixed while the model fills in the rest, and the output
@@ -14,17 +20,19 @@ carries them unchanged (not a decoded copy). Outputs longer than the model's cli
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from uniform_cli.config import ClipSpec, CodecConfig, ConfigError, GenerateConfig, Recipe, recipe_from_dict
+from uniform_cli.config import ClipSpec, CodecConfig, GenerateConfig, Recipe
+from uniform_cli.generate.hub import CardInfo, PipelineError, read_checkpoint_recipe, resolve_checkpoint
 from uniform_cli.generate.jobs import (
     CROSSFADE,
     Job,
@@ -40,28 +48,22 @@ from uniform_cli.latents.codecs import AudioCodec, VideoCodec, build_audio_codec
 from uniform_cli.memory import peak_memory_bytes, reset_peak_memory
 from uniform_cli.types import AV, Task
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-RECIPE_NAME = "recipe.toml"
 NO_TEXT = "none"
 """`codec.text_encoder` value for a model used without text: every row gets the learned null embedding."""
-
-
-class PipelineError(ValueError):
-    """A checkpoint, codec or input the pipeline cannot use; the message says what to change."""
+OUTPUT_TYPES = ("np", "pt", "pil")
+StepCallback = Callable[["UniFormPipeline", int, torch.Tensor, dict[str, Any]], "dict[str, Any] | None"]
+"""diffusers' `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; callback_kwargs = {"latents": AV}."""
 
 
 @dataclass
 class GenerationResult:
     """Clips of one call; entry i of each list belongs to the i-th job."""
 
-    frames: list[np.ndarray]
-    """uint8 `F H W 3` per job; given frames are the given ones."""
-    wave: list[np.ndarray]
-    """float32 `S` in [-1, 1] per job; given samples are the given ones."""
+    frames: list
+    """uint8 `F H W 3` per job (an array; a tensor for output_type "pt", a list of PIL images for "pil"); given
+    frames are the given ones."""
+    wave: list
+    """float32 `S` in [-1, 1] per job (a tensor for output_type "pt"); given samples are the given ones."""
     fps: int
     sample_rate: int
     tasks: list[str]
@@ -74,41 +76,9 @@ class GenerationResult:
     windows: list[list[int]] = field(default_factory=list)
     """Start seconds of the model windows each job took."""
 
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (config.json + model.safetensors); `runs/NAME/checkpoints/latest` (DeepSpeed's tag
-    file) means the newest checkpoint, and a run folder (`runs/NAME`) its newest checkpoint."""
-    from uniform_cli.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, checkpoint_folder
-
-    try:
-        folder = checkpoint_folder(path).resolve()
-    except CheckpointError as e:
-        raise PipelineError(str(e)) from None
-    if not folder.is_dir():
-        raise PipelineError(f"checkpoint {path} does not exist; pass a folder written by `uniform train` "
-                            f"(runs/NAME/checkpoints/latest)")
-    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
-    if missing:
-        raise PipelineError(f"checkpoint {folder} lacks {', '.join(missing)}; a UniForm checkpoint holds "
-                            f"{CONFIG_NAME}, {WEIGHTS_NAME} and {RECIPE_NAME}")
-    return folder
-
-
-def read_checkpoint_recipe(path: str | Path) -> Recipe:
-    """The resolved recipe saved with a checkpoint (codecs, clip settings, diffusion, sampling defaults).
-
-    A checkpoint without recipe.toml (weights from elsewhere) gets the paper's defaults.
-    """
-    folder = resolve_checkpoint(path)
-    recipe_path = folder / RECIPE_NAME
-    if not recipe_path.is_file():
-        return Recipe()
-    try:
-        return recipe_from_dict(tomllib.loads(recipe_path.read_text()), source=str(recipe_path))
-    except tomllib.TOMLDecodeError as e:
-        raise PipelineError(f"{recipe_path}: not valid TOML: {e}") from None
-    except ConfigError as e:
-        raise PipelineError(str(e)) from None
+    def __getitem__(self, index: int):
+        """`out[0]` is the frames and `out[1]` the waves, as diffusers' outputs index their fields in order."""
+        return (self.frames, self.wave)[index]
 
 
 def default_device() -> torch.device:
@@ -129,7 +99,8 @@ class UniFormPipeline:
     def __init__(self, model: torch.nn.Module, schedule, video_codec: VideoCodec, audio_codec: AudioCodec,
                  text_encoder, spec: ClipSpec,
                  defaults: GenerateConfig | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, checkpoint: Path | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, checkpoint: Path | None = None,
+                 recipe: Recipe | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
         self.schedule = schedule
         self.video_codec = video_codec
@@ -140,21 +111,27 @@ class UniFormPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self.checkpoint = checkpoint
+        self.recipe = recipe
+        """The resolved recipe the parts were built from, with the `[codec]` in use (what save_pretrained writes)."""
+        self.offload = False
+        """Whether the parts stay on the CPU and go to `device` only while they run (enable_model_cpu_offload)."""
         self._check_parts()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None, codec: CodecConfig | None = None,
-                        compile: bool = False) -> "UniFormPipeline":
-        """Load a checkpoint folder (config.json + model.safetensors + recipe.toml) and the parts its recipe
-        names. `codec` replaces the recipe's `[codec]` (other local folders for the same codecs);
+                        compile: bool = False, *, download: bool = False,
+                        cache_dir: str | Path | None = None) -> "UniFormPipeline":
+        """Load a checkpoint (config.json + model.safetensors + recipe.toml) and the parts its recipe names: a
+        folder, a run's `checkpoints/latest`, or a hub id in the local Hugging Face cache (`cache_dir`, default
+        $HF_HUB_CACHE); `download` lets a hub id missing there be fetched (unless HF_HUB_OFFLINE is set). `codec` replaces the recipe's `[codec]` (other local folders for the same codecs);
         `text_encoder = "none"` runs without text. Defaults: CUDA when present, bf16 there and fp32 on the CPU
         (the audio codec always runs in fp32). `compile` compiles the transformer blocks."""
         from uniform_cli.diffusion.schedule import make_schedule
         from uniform_cli.model.checkpoint import load_pretrained
         from uniform_cli.model.uniform import compile_blocks
 
-        folder = resolve_checkpoint(path)
+        folder = resolve_checkpoint(path, download=download, cache_dir=cache_dir)
         recipe = read_checkpoint_recipe(folder)
         codec = codec or recipe.codec
         device = torch.device(device) if device is not None else default_device()
@@ -171,8 +148,69 @@ class UniFormPipeline:
 
             text_encoder = TextEncoder.from_pretrained(codec.text_encoder, max_length=model.cfg.text_len,
                                                        device=device, dtype=dtype)
-        return cls(model, make_schedule(recipe.diffusion), video_codec, audio_codec, text_encoder,
-                   recipe.data.clip, recipe.generate, device, dtype, checkpoint=folder)
+        return cls(model, make_schedule(recipe.diffusion, recipe.data.clip), video_codec, audio_codec, text_encoder,
+                   recipe.data.clip, recipe.generate, device, dtype, checkpoint=folder,
+                   recipe=dataclasses.replace(recipe, codec=codec))
+
+    def save_pretrained(self, folder: str | Path, *, with_weights: bool = False, card: CardInfo = CardInfo()) -> Path:
+        """Write a self-contained folder that `from_pretrained` and `uniform generate --checkpoint` load
+        (`generate.hub`): the model as this pipeline holds it, the recipe, each part's configs (and weights with
+        `with_weights`) and a model card. `folder` must not exist or be empty."""
+        from uniform_cli.generate.hub import export_folder, trained_steps
+        from uniform_cli.model.checkpoint import save_pretrained
+
+        if self.recipe is None:
+            raise PipelineError("this pipeline was built from parts, without a recipe; build it with "
+                                "UniFormPipeline.from_pretrained, or pass recipe= to the constructor")
+        steps = trained_steps(self.checkpoint) if self.checkpoint is not None else None
+        return export_folder(folder, self.recipe, lambda out: save_pretrained(self.model, out),
+                             with_weights=with_weights, steps=steps, card=card)
+
+    def push_to_hub(self, repo_id: str, *, with_weights: bool = False, private: bool | None = None,
+                    token: str | None = None, license: str = CardInfo.license, datasets: Sequence[str] = ()):
+        """`save_pretrained` into a temporary folder, then commit it to the hub model repository `repo_id`
+        (created if needed); returns huggingface_hub's CommitInfo."""
+        import tempfile
+
+        from uniform_cli.generate.hub import check_repo_id, push_folder
+
+        card = CardInfo(license=license, datasets=tuple(datasets), repo_id=check_repo_id(repo_id))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "export", with_weights=with_weights, card=card)
+            return push_folder(folder, repo_id, private=private, token=token)
+
+    # -- devices --------------------------------------------------------------------------------------------
+
+    def _parts(self) -> list:
+        return [self.model, self.text_encoder, self.video_codec, self.audio_codec]
+
+    def to(self, device: torch.device | str) -> "UniFormPipeline":
+        """Move every part to `device` (dtypes unchanged) and compute there; this ends CPU offload."""
+        self.device, self.offload = torch.device(device), False
+        for part in self._parts():
+            for module in part_modules(part):
+                module.to(self.device)
+        return self
+
+    def enable_model_cpu_offload(self, device: torch.device | str = "cuda") -> "UniFormPipeline":
+        """Keep every part on the CPU and move each to `device` only while it runs (the text encoder for the
+        captions, a codec for its encode or decode, the transformer for a window's denoising), so the GPU holds
+        one part (and its activations) at a time: what lets XL/2 with T5-XXL run on a 24 GB card."""
+        self.to("cpu")
+        self.device, self.offload = torch.device(device), True
+        return self
+
+    @contextlib.contextmanager
+    def _running(self, part):
+        """`part` on the compute device for the duration (only moved when offloading)."""
+        modules = part_modules(part) if self.offload else []
+        for module in modules:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
 
     # -- checks ---------------------------------------------------------------------------------------------
 
@@ -214,7 +252,8 @@ class UniFormPipeline:
         mask = torch.ones(b, cfg.text_len, dtype=torch.bool, device=null.device)
         rows = [i for i, t in enumerate(texts) if t.strip()] if self.text_encoder is not None else []
         if rows:
-            emb, emb_mask = self.text_encoder([texts[i] for i in rows])  # b' L D
+            with self._running(self.text_encoder):
+                emb, emb_mask = self.text_encoder([texts[i] for i in rows])  # b' L D
             if emb.shape[1] > cfg.text_len:
                 raise PipelineError(f"the text encoder made {emb.shape[1]} tokens; the model takes at most "
                                     f"{cfg.text_len} (build the TextEncoder with max_length={cfg.text_len})")
@@ -225,6 +264,8 @@ class UniFormPipeline:
         return text, mask
 
     def _generators(self, b: int, seed, generator) -> tuple[list[torch.Generator], list[int | None]]:
+        if isinstance(generator, torch.Generator):  # one for the batch, as in diffusers: rows draw from it in turn
+            generator = [generator] * b
         if generator is not None:
             if len(generator) != b:
                 raise PipelineError(f"got {len(generator)} generators for {b} rows")
@@ -250,10 +291,12 @@ class UniFormPipeline:
     # Given media are held fixed: encode them deterministically (the posterior mean), so that a rerun
     # encodes them the same way.
     def _encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.video_codec.encode(frames.to(self.device), sample=False).float().to(self.device)
+        with self._running(self.video_codec):
+            return self.video_codec.encode(frames.to(self.device), sample=False).float().to(self.device)
 
     def _encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.audio_codec.encode(wave.to(self.device), sample=False).float().to(self.device)
+        with self._running(self.audio_codec):
+            return self.audio_codec.encode(wave.to(self.device), sample=False).float().to(self.device)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -262,31 +305,87 @@ class UniFormPipeline:
     @torch.inference_mode()
     def __call__(
         self,
-        texts: Sequence[str],
+        prompt: str | Sequence[str] | None = None,
         task: Task | str | Sequence[Task | str] = "t2av",
-        video: Sequence | np.ndarray | torch.Tensor | None = None,
-        audio: Sequence | np.ndarray | torch.Tensor | None = None,
+        video: Sequence | str | Path | None = None,
+        audio: Sequence | str | Path | None = None,
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | Mapping[str, float] | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: StepCallback | None = None,
+        texts: Sequence[str] | None = None,
         **options,
-    ) -> GenerationResult:
-        """Generate one output per caption: `task` for all rows or one per row, `video`/`audio` one entry (or
-        None) per row; the other options are `generate`'s."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        b = len(texts)
-        tasks = list(task) if isinstance(task, (list, tuple)) else [task] * b
+    ) -> GenerationResult | tuple[list, list]:
+        """Generate `num_videos_per_prompt` outputs per prompt, with diffusers' names; today's names (`texts`,
+        and `steps`, `cfg_video`, `cfg_audio`, `seed`, `sampler`, `overlap`, `progress` of `generate`) still work.
+
+        task: one for all prompts, or one per prompt. video/audio: one entry (or None) per prompt, or one file
+        for all: prepared media (uint8 `F H W 3`, float `S` at the clip format) or a file path, prepared whole at
+        the pipeline's clip format (a video file's sound too for extend and retake). guidance_scale: one scale,
+        or {"video": s, "audio": s}. negative_prompt (one, or one per prompt): the unconditional branch's text
+        in place of the learned null caption ("" is that caption). generator: one for the batch (its rows draw
+        from it in turn) or one per output. output_type: "np" (arrays), "pt" (tensors) or "pil" (frames as
+        PIL images). callback_on_step_end(pipe, step, timestep, {"latents": AV}) after every denoising step of
+        every window; it may read the latents, not replace them. return_dict=False gives (frames, wave).
+        """
+        if texts is not None:
+            if prompt is not None:
+                raise PipelineError("pass prompt or texts (its older name), not both")
+            prompt = texts
+        if prompt is None:
+            raise PipelineError("pass prompt: a caption or a list of them ('' for none)")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        b, k = len(prompts), num_videos_per_prompt
+        if not (isinstance(k, int) and k >= 1):
+            raise PipelineError(f"num_videos_per_prompt must be a positive whole number, not {k!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise PipelineError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, not {output_type!r}")
+        tasks = [_task_name(t) for t in (task if isinstance(task, (list, tuple)) else [task] * b)]
+        negatives = per_row(negative_prompt, b, "negative_prompt")
+        videos, audios = per_row(video, b, "video"), per_row(audio, b, "audio")
         if len(tasks) != b:
             raise PipelineError(f"got {len(tasks)} tasks for {b} captions")
+        options.update(named_settings(options, num_inference_steps, guidance_scale))
+        jobs = []
+        for text, t, v, a in zip(prompts, tasks, videos or [None] * b, audios or [None] * b):
+            frames, sound = self._given(v, "video", with_sound=t in ("extend", "retake"))
+            sound = self._given(a, "audio")[1] if a is not None else sound
+            jobs += [Job(text, t, frames, sound) for _ in range(k)]
+        negatives = None if negatives is None else [n for n in negatives for _ in range(k)]
+        out = self.generate(jobs, negative_prompt=negatives, generator=generator,
+                            callback_on_step_end=callback_on_step_end, **options)
+        if output_type == "pt":
+            out.frames, out.wave = [torch.from_numpy(f) for f in out.frames], [torch.from_numpy(w) for w in out.wave]
+        elif output_type == "pil":
+            from PIL import Image
 
-        def rows(given, name: str) -> list:
-            if given is None:
-                return [None] * b
-            if len(given) != b:
-                raise PipelineError(f"{name} has {len(given)} rows for {b} captions")
-            return [None if x is None else (x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
-                    for x in given]
+            out.frames = [[Image.fromarray(frame) for frame in clip] for clip in out.frames]
+        return out if return_dict else (out.frames, out.wave)
 
-        jobs = [Job(text, t.name.lower() if isinstance(t, Task) else str(t).strip().lower(), v, a)
-                for text, t, v, a in zip(texts, tasks, rows(video, "video"), rows(audio, "audio"))]
-        return self.generate(jobs, **options)
+    def _given(self, x, kind: str, with_sound: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(frames, sound) of one given entry: an array or tensor of `kind`, or a file prepared whole at the clip
+        format (with its sound too when `with_sound`)."""
+        if x is None:
+            return None, None
+        if not isinstance(x, (str, Path)):
+            x = x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            return (x, None) if kind == "video" else (None, x)
+        from uniform_cli.media.prepare import PrepareError, prepare_media, probe
+
+        try:
+            seconds = probe(x).duration
+            if not seconds:
+                raise PipelineError(f"{x}: its length is unknown (remux it, e.g. with ffmpeg -c copy)")
+            clip = prepare_media(x, dataclasses.replace(self.spec, seconds=seconds), video=kind == "video",
+                                 audio=kind == "audio" or with_sound, allow_short=True)
+        except PrepareError as e:
+            raise PipelineError(f"{kind} file {x}: {e}") from None
+        return clip.video, clip.audio
 
     def _check_media(self, i: int, job: Job) -> None:
         """A job's media must be at the clip format: uint8 frames of the clip size, float mono sound."""
@@ -309,18 +408,21 @@ class UniFormPipeline:
         cfg_video: float | None = None,
         cfg_audio: float | None = None,
         seed: int | Sequence[int] | None = None,
-        generator: Sequence[torch.Generator] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         overlap: int = 1,
         progress: Callable[[int, int], None] | None = None,
+        negative_prompt: Sequence[str] | None = None,
+        callback_on_step_end: StepCallback | None = None,
     ) -> GenerationResult:
         """Generate one output per job (`generate.jobs.Job`: any task, any length), in one batch.
 
         sampler/steps/cfg_*: default to the checkpoint's `[generate]` settings. seed: an int gives row i the
         seed `seed + i`; a list gives each row its own. `generator` (one per row, on the pipeline's device)
-        replaces seeds; a row's noise comes from its own generator only. `overlap`: whole seconds each window
-        shares with what is already made (below the clip length).
+        replaces seeds; a row's noise comes from its own generator only (one generator for all rows: they draw
+        from it in turn). `overlap`: whole seconds each window shares with what is already made (below the clip
+        length). `negative_prompt`, `callback_on_step_end`: as `__call__` takes them, one negative per row.
         """
-        from uniform_cli.diffusion.samplers import SAMPLERS
+        from uniform_cli.diffusion.samplers import SAMPLERS, check_sampler
 
         t_start = time.perf_counter()
         jobs = list(jobs)
@@ -328,8 +430,10 @@ class UniFormPipeline:
         if not b:
             raise PipelineError("no jobs given (pass [''] to generate without text)")
         sampler = sampler or self.defaults.sampler
-        if sampler not in SAMPLERS:
-            raise PipelineError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        try:
+            check_sampler(sampler, self.schedule)
+        except ValueError as e:
+            raise PipelineError(str(e)) from None
         window = self.spec.seconds
         if not (isinstance(overlap, int) and 0 < overlap < window):
             raise PipelineError(f"overlap must be a whole number of seconds in 1..{math.ceil(window) - 1}, "
@@ -343,7 +447,12 @@ class UniFormPipeline:
                 raise PipelineError(f"row {i} ({job.task}): {e}") from None
         settings = dict(sampler=SAMPLERS[sampler], steps=steps or self.defaults.steps,
                         cfg_video=self.defaults.cfg_video if cfg_video is None else cfg_video,
-                        cfg_audio=self.defaults.cfg_audio if cfg_audio is None else cfg_audio)
+                        cfg_audio=self.defaults.cfg_audio if cfg_audio is None else cfg_audio,
+                        callback=callback_on_step_end)
+        if negative_prompt is not None and len(negative_prompt) != b:
+            raise PipelineError(f"got {len(negative_prompt)} negative prompts for {b} rows")
+        if negative_prompt is not None and self.text_encoder is None:
+            raise PipelineError("negative_prompt needs a text encoder; this pipeline runs without text")
         generators, seeds = self._generators(b, seed, generator)
         reset_peak_memory(self.device)
         timings = {"text": 0.0, "encode": 0.0, "denoise": 0.0, "decode": 0.0}
@@ -352,6 +461,10 @@ class UniFormPipeline:
         texts = [job.text for job in jobs]
         text, text_mask = (x.to(self.device) for x in self.encode_text(texts))
         has_text = self.text_encoder is not None and any(t.strip() for t in texts)
+        negative = None
+        if negative_prompt is not None:  # the unconditional branch's text; "" is the learned null caption
+            negative = tuple(x.to(self.device) for x in self.encode_text(list(negative_prompt)))
+            has_text = has_text or any(t.strip() for t in negative_prompt)
         self._sync()
         timings["text"] = time.perf_counter() - clock
         per_second = round(self.model.cfg.video_latent[1] / window)
@@ -361,7 +474,8 @@ class UniFormPipeline:
             if not rows:
                 break
             self._window([timelines[i] for i in rows], [starts[i] for i in rows], overlap, text[rows],
-                         text_mask[rows], has_text, [generators[i] for i in rows], settings, timings, progress)
+                         text_mask[rows], has_text, [generators[i] for i in rows], settings, timings, progress,
+                         None if negative is None else (negative[0][rows], negative[1][rows]))
         fps, rate = self.spec.fps, self.spec.sample_rate
         frames = [tl.frames[: round(tl.seconds * fps)] for tl in timelines]
         wave = [tl.wave[: round(tl.seconds * rate)] for tl in timelines]
@@ -373,9 +487,11 @@ class UniFormPipeline:
     def _window(self, timelines: list[Timeline], starts: list[int], overlap: int, text: torch.Tensor,
                 text_mask: torch.Tensor,
                 has_text: bool, generators: list[torch.Generator], settings: dict, timings: dict,
-                progress: Callable[[int, int], None] | None) -> None:
+                progress: Callable[[int, int], None] | None,
+                negative: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """One model window per timeline (starting at `starts` seconds): encode what is known there, sample
-        what is still to generate, decode it and write it back."""
+        what is still to generate, decode it and write it back. `negative`: the unconditional branch's text and
+        mask (None: the learned null text)."""
         from uniform_cli.diffusion.guidance import conditional_model_fn, guided_model_fn
 
         spec, cfg = self.spec, self.model.cfg
@@ -406,12 +522,21 @@ class UniFormPipeline:
 
         clock = time.perf_counter()
         masks = AV(torch.from_numpy(gen_video), torch.from_numpy(gen_audio)).to(self.device)
+        from uniform_cli.model.cache import FirstBlockCache  # one step cache per sampling loop (its trajectory)
+
+        base = FirstBlockCache(self.model, self.defaults.cache) if self.defaults.cache else self.model
         if has_text and (settings["cfg_video"] != 1.0 or settings["cfg_audio"] != 1.0):
-            model_fn = guided_model_fn(self.model, masks, text, text_mask, settings["cfg_video"], settings["cfg_audio"])
+            model = base if negative is None else with_negative_text(base, *negative)
+            model_fn = guided_model_fn(model, masks, text, text_mask, settings["cfg_video"], settings["cfg_audio"])
         else:  # no caption in the batch, or scale 1: guidance would return the conditional prediction
-            model_fn = conditional_model_fn(self.model, masks, text, text_mask)
-        latents = settings["sampler"](model_fn, self.schedule, self._noise(generators), given, masks,
-                                      settings["steps"], generator=generators, progress=progress)
+            model_fn = conditional_model_fn(base, masks, text, text_mask)
+        callbacks = None if settings["callback"] is None else StepCallbacks(self, settings["callback"], model_fn)
+        with self._running(self.model):
+            latents = settings["sampler"](model_fn if callbacks is None else callbacks.model_fn, self.schedule,
+                                          self._noise(generators), given, masks, settings["steps"],
+                                          generator=generators, progress=progress)
+            if callbacks is not None:
+                callbacks.finish(latents)
         self._sync()
         timings["denoise"] += time.perf_counter() - clock
 
@@ -421,7 +546,8 @@ class UniFormPipeline:
         rows = [i for i in range(b)
                 if gen_video[i].any() or not timelines[i].filled_frames[frame_slices[i]].all()]
         if rows:
-            decoded = self.video_codec.decode(latents.video[rows], n_frames).cpu().numpy()
+            with self._running(self.video_codec):
+                decoded = self.video_codec.decode(latents.video[rows], n_frames).cpu().numpy()
             for k, i in enumerate(rows):
                 tl, sl = timelines[i], frame_slices[i]
                 write = np.repeat(gen_video[i], np.diff(video_bounds)) | ~tl.filled_frames[sl]
@@ -431,7 +557,8 @@ class UniFormPipeline:
                 tl.filled_frames[sl] |= write
         rows = [i for i in range(b) if gen_audio[i].any()]
         if rows:
-            decoded = self.audio_codec.decode(latents.audio[rows]).float().clamp(-1, 1).cpu().numpy()
+            with self._running(self.audio_codec):
+                decoded = self.audio_codec.decode(latents.audio[rows]).float().clamp(-1, 1).cpu().numpy()
             if decoded.shape[1] != n_samples:
                 raise PipelineError(f"the audio codec decoded {decoded.shape[1]} samples, not {n_samples}")
             for k, i in enumerate(rows):
@@ -447,3 +574,88 @@ class UniFormPipeline:
             tl.windows.append(starts[i])
         self._sync()
         timings["decode"] += time.perf_counter() - clock
+
+
+# -- helpers of the diffusers-shaped call ------------------------------------------------------------------------
+
+
+def part_modules(part) -> list[torch.nn.Module]:
+    """The torch modules a part computes with: the part itself (the transformer, the Open-Sora VAE), or the
+    `model`, `vae` and `vocoder` it holds (text encoders, AudioLDM); weight-free parts have none."""
+    if isinstance(part, torch.nn.Module):
+        return [part]
+    return [m for m in (getattr(part, name, None) for name in ("model", "vae", "vocoder"))
+            if isinstance(m, torch.nn.Module)]
+
+
+def with_negative_text(model: torch.nn.Module, negative: torch.Tensor, negative_mask: torch.Tensor):
+    """`model` as `guided_model_fn` calls it, with its unconditional half (the rows `drop_text` marks) conditioned
+    on `negative` text `B text_len D` instead of the learned null text: a negative prompt. An empty negative is
+    the null text itself (`encode_text`), so it gives what no negative prompt gives."""
+
+    def call(x: AV, t: torch.Tensor, generated: AV, text: torch.Tensor, text_mask: torch.Tensor,
+             drop_text: torch.Tensor) -> AV:
+        drop = drop_text[:, None]
+        text = torch.where(drop[..., None], negative.repeat(2, 1, 1).to(text.dtype), text)
+        return model(x, t, generated, text, torch.where(drop, negative_mask.repeat(2, 1), text_mask))
+
+    return call
+
+
+class StepCallbacks:
+    """diffusers' `callback_on_step_end` called from the model function: a sampler gives step i's result to the
+    model at step i + 1, and the last step's result after it returns (`finish`). The samplers cannot take back
+    changed latents, so a callback that returns other "latents" is refused rather than ignored."""
+
+    def __init__(self, pipe: UniFormPipeline, callback: StepCallback, model_fn: Callable[[AV, torch.Tensor], AV]):
+        self.pipe, self.callback, self.inner = pipe, callback, model_fn
+        self.step, self.timestep = -1, None
+
+    def model_fn(self, x: AV, t: torch.Tensor) -> AV:
+        if self.step >= 0:
+            self.finish(x)
+        self.step, self.timestep = self.step + 1, t[0]
+        return self.inner(x, t)
+
+    def finish(self, x: AV) -> None:
+        out = self.callback(self.pipe, self.step, self.timestep, {"latents": x})
+        if out is not None and out.get("latents", x) is not x:
+            raise PipelineError("callback_on_step_end returned new latents; the samplers cannot take them yet, so "
+                                "return callback_kwargs unchanged (or None)")
+
+
+def per_row(given, b: int, name: str) -> list | None:
+    """`given` for each of `b` rows: None stays None, a caption or file path is every row's, else one per row."""
+    if given is None:
+        return None
+    if isinstance(given, (str, Path)):
+        return [given] * b
+    given = list(given)
+    if len(given) != b:
+        raise PipelineError(f"{name} has {len(given)} rows for {b} captions")
+    return given
+
+
+def named_settings(options: dict, num_inference_steps: int | None,
+                   guidance_scale: float | Mapping[str, float] | None) -> dict:
+    """`generate`'s settings for diffusers' names; each setting may be given by one name only."""
+    out: dict[str, float] = {}
+    if num_inference_steps is not None:
+        if "steps" in options:
+            raise PipelineError("pass num_inference_steps or steps, not both")
+        out["steps"] = num_inference_steps
+    if guidance_scale is not None:
+        if "cfg_video" in options or "cfg_audio" in options:
+            raise PipelineError("pass guidance_scale or cfg_video/cfg_audio, not both")
+        if isinstance(guidance_scale, Mapping):
+            if set(guidance_scale) != {"video", "audio"}:
+                raise PipelineError(f"guidance_scale per modality is {{'video': s, 'audio': s}}, not keys "
+                                    f"{sorted(guidance_scale)}")
+            out["cfg_video"], out["cfg_audio"] = guidance_scale["video"], guidance_scale["audio"]
+        else:
+            out["cfg_video"] = out["cfg_audio"] = guidance_scale
+    return out
+
+
+def _task_name(task: Task | str) -> str:
+    return task.name.lower() if isinstance(task, Task) else str(task).strip().lower()

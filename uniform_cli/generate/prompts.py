@@ -19,6 +19,7 @@ any work (a column the runner does not know is a problem too) and all problems a
 from __future__ import annotations
 
 import csv
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ def read_prompts(path: str | Path, default_task: str = "t2av", spec: ClipSpec = 
         lengths: dict[str, float | None] = {"video": None, "audio": None}
         reported = len(problems)
         for kind in ("video", "audio", "image"):
-            paths[kind] = (base / cell(kind)).expanduser() if cell(kind) else None
+            paths[kind] = Path(os.path.normpath(base / Path(cell(kind)).expanduser())) if cell(kind) else None
             if URL_SCHEME.match(cell(kind)):
                 problems.append(f"{where}: {kind} {cell(kind)!r} is a URL, not a file; give a local path")
                 paths[kind] = None
