@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from uniform_cli.media.mel import log_mel_spectrogram, mel_filters, normalize_wave, num_mel_frames
+from uniform_cli.media.mel import log_mel_spectrogram, mel_filters, mel_picture, normalize_wave, num_mel_frames
 
 SR = 16000
 
@@ -93,3 +93,16 @@ def test_rejects_unbatched_or_too_short_input():
         log_mel_spectrogram(torch.zeros(16000))
     with pytest.raises(ValueError, match="too short"):
         log_mel_spectrogram(torch.zeros(1, 100))
+
+
+def test_mel_picture_puts_a_tone_at_its_mel_row_high_bands_up_and_silence_at_zero():
+    s = np.arange(16000) / 16000
+    tone = lambda hz: mel_picture((0.5 * np.sin(2 * np.pi * hz * s)).astype(np.float32))  # noqa: E731
+    image = tone(1000)
+    assert image.shape == (64, 100) and image.dtype == np.float32 and image.max() == 1.0 and image.min() >= 0
+    bin_1khz = int(mel_filters()[:, round(1000 / 16000 * 1024)].argmax())  # the filter that peaks at 1 kHz
+    brightest = lambda picture: 63 - int(picture.mean(axis=1).argmax())  # noqa: E731  (row 0: the highest band)
+    assert abs(brightest(image) - bin_1khz) <= 1
+    assert brightest(tone(300)) < brightest(tone(5000))
+    assert not mel_picture(np.zeros(16000, np.float32)).any()
+    assert mel_picture(np.full(100, 0.1, np.float32)).shape[0] == 64  # shorter than one window: padded

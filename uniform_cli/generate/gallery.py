@@ -32,8 +32,6 @@ SETTINGS = ("sampler", "steps", "cfg_video", "cfg_audio", "seconds", "span", "mo
 MAGMA = np.array([[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109], [252, 253, 191]],
                  dtype=np.float64)
 """Anchor colours of a magma-like colour map, from quiet to loud."""
-DYNAMIC_RANGE = 8.0
-"""Natural-log units of mel energy shown below the loudest bin (about 70 dB)."""
 MEL_HEIGHT = 128
 MAX_MEL_WIDTH = 1024
 
@@ -63,24 +61,6 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return np.rint(MAGMA[low] * (1 - frac) + MAGMA[low + 1] * frac).astype(np.uint8)
 
 
-def mel_image(wave: np.ndarray) -> np.ndarray:
-    """A 16 kHz mono wave `S` -> uint8 `M T 3`: its log-mel spectrogram (the project's AudioLDM recipe, 64 bands
-    over 0-8 kHz, 100 frames a second), low bands at the bottom, the loudest bin brightest, `DYNAMIC_RANGE` below
-    it the darkest colour (so is silence)."""
-    import torch
-
-    from uniform_cli.media.mel import LOG_CLAMP, log_mel_spectrogram
-
-    wave = np.asarray(wave, dtype=np.float32)
-    if len(wave) < 1024:  # shorter than one STFT window: pad with silence
-        wave = np.pad(wave, (0, 1024 - len(wave)))
-    mel = log_mel_spectrogram(torch.from_numpy(wave)[None])[0].numpy()  # T M
-    top = float(mel.max())
-    floor = max(top - DYNAMIC_RANGE, float(np.log(LOG_CLAMP)))
-    scaled = (mel - floor) / (top - floor) if top > floor else np.zeros_like(mel)
-    return colorize(scaled.T[::-1])
-
-
 def _fresh(target: Path, source: Path) -> bool:
     return target.is_file() and target.stat().st_mtime >= source.stat().st_mtime
 
@@ -91,12 +71,12 @@ def write_mel_png(sound: Path, png: Path) -> None:
 
     from uniform_cli.atomic import atomic_path
     from uniform_cli.media.io import read_audio
-    from uniform_cli.media.mel import SAMPLE_RATE
+    from uniform_cli.media.mel import SAMPLE_RATE, mel_picture
 
     if _fresh(png, sound):
         return
     wave, _ = read_audio(sound, SAMPLE_RATE)
-    image = Image.fromarray(mel_image(wave))
+    image = Image.fromarray(colorize(mel_picture(wave)))
     image = image.resize((min(image.width, MAX_MEL_WIDTH), MEL_HEIGHT), Image.Resampling.BILINEAR)
     with atomic_path(png) as tmp:
         image.save(tmp, format="PNG")

@@ -13,7 +13,9 @@ no mel padding or truncation is needed (AudioLDM pads/truncates to a target leng
 from __future__ import annotations
 
 import functools
+import math
 
+import numpy as np
 import torch
 
 SAMPLE_RATE = 16000
@@ -93,3 +95,24 @@ def log_mel_spectrogram(
     basis = mel_filters(sample_rate, n_fft, n_mels, fmin, fmax).to(x.device)
     mel = torch.einsum("mf,bft->btm", basis, magnitude)  # B T M
     return torch.log(torch.clamp(mel, min=LOG_CLAMP))
+
+
+PICTURE_DB = 80.0
+"""Range of a mel picture: the loudest bin is 1, anything this far below it 0 (librosa's `top_db`)."""
+
+
+def mel_picture(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, top_db: float = PICTURE_DB) -> np.ndarray:
+    """float32 `M T` in [0, 1]: the log-mel spectrogram of a mono wave `S` (this recipe, up to the Nyquist
+    frequency) to look at: low bands at the bottom (row 0 is the highest band), the loudest bin 1, `top_db`
+    below it and silence 0. A wave shorter than one STFT window is padded with silence."""
+    wave = np.asarray(wave, np.float32)
+    if len(wave) < N_FFT:
+        wave = np.pad(wave, (0, N_FFT - len(wave)))
+    log_mel = log_mel_spectrogram(torch.from_numpy(wave)[None], sample_rate=sample_rate,
+                                  fmax=min(FMAX, sample_rate / 2))[0]  # T M, natural log of the magnitude
+    db = log_mel.numpy() * (20 / math.log(10))
+    top = float(db.max())
+    floor = max(top - top_db, 20 * math.log10(LOG_CLAMP))
+    if top - floor < 1e-3:  # silence: every bin at the clamp
+        return np.zeros(db.shape[::-1], np.float32)
+    return np.clip((db - floor) / (top - floor), 0.0, 1.0).T[::-1].astype(np.float32)

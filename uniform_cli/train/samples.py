@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +40,6 @@ HELD_OUT_SPLITS = ("val", "test")
 """Splits the sample clips are taken from, in this order of preference (else "train")."""
 STRIP_FRAMES = 8
 """Frames side by side in a clip's TensorBoard image."""
-TOP_DB = 80.0
-"""Range of a mel image: the loudest bin is white, anything this far below it black (librosa's default)."""
 
 
 @dataclass(frozen=True)
@@ -57,22 +54,6 @@ class SampleJob:
 
 
 # ------------------------------------------------------------------------------------------------ pictures
-
-
-def mel_image(wave: np.ndarray, sample_rate: int, top_db: float = TOP_DB) -> np.ndarray:
-    """uint8 `M T` grey picture of the log-mel spectrogram of a mono wave `S` (AudioLDM's mel recipe, up to the
-    Nyquist frequency): low frequencies at the bottom, the loudest bin white, `top_db` below it and silence black."""
-    from uniform_cli.media.mel import FMAX, LOG_CLAMP, log_mel_spectrogram
-
-    log_mel = log_mel_spectrogram(torch.from_numpy(np.asarray(wave, np.float32))[None], sample_rate=sample_rate,
-                                  fmax=min(FMAX, sample_rate / 2))[0]  # T M, natural log of the magnitude
-    db = log_mel.numpy() * (20 / math.log(10))
-    top = float(db.max())
-    floor = max(top - top_db, 20 * math.log10(LOG_CLAMP))
-    if top - floor < 1e-3:  # silence: every bin at the clamp
-        return np.zeros(db.shape[::-1], np.uint8)
-    level = np.clip((db - floor) / (top - floor), 0.0, 1.0)
-    return (level.T[::-1] * 255).round().astype(np.uint8)
 
 
 def frame_strip(frames: np.ndarray, count: int = STRIP_FRAMES) -> np.ndarray:
@@ -230,10 +211,11 @@ class TrainingSampler:
         from PIL import Image
 
         from uniform_cli.media.io import write_mp4
+        from uniform_cli.media.mel import mel_picture
 
         frames, wave = out.frames[i], out.wave[i]
         write_mp4(folder / f"{s.id}.mp4", frames, out.fps, audio=wave, sample_rate=out.sample_rate)
-        mel = mel_image(wave, out.sample_rate)
+        mel = (mel_picture(wave, out.sample_rate) * 255).round().astype(np.uint8)  # grey: loudest white
         with atomic_path(folder / f"{s.id}.png") as tmp:
             Image.fromarray(mel).save(tmp, format="PNG")
         if writer is not None:
