@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from uniform_cli.config import DiffusionConfig, GenerateConfig, Sampler
+from uniform_cli.diffusion.flow import FlowSchedule, sampling_times
 from uniform_cli.diffusion.samplers import (
     SAMPLERS,
     sample_ddim,
@@ -14,7 +15,6 @@ from uniform_cli.diffusion.samplers import (
     sample_dpm_solver,
     sampling_schedule,
 )
-from uniform_cli.diffusion.flow import FlowSchedule, sampling_times
 from uniform_cli.diffusion.schedule import Schedule, extract, make_schedule, spaced_timesteps
 from uniform_cli.diffusion.tasks import task_masks, time_mask
 from uniform_cli.types import AV, Task

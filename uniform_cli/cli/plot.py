@@ -25,8 +25,6 @@ def main(
         path = plot_metrics(run, out)
     except PlotError as e:
         fail(e, USAGE)
-    except ImportError as e:  # matplotlib is an optional dependency
-        fail(f"uniform plot needs matplotlib ({e}): pip install matplotlib")
     except OSError as e:
         fail(e)
     typer.echo(f"wrote {path}")

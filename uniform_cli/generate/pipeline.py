@@ -620,8 +620,8 @@ class StepCallbacks:
     def finish(self, x: AV) -> None:
         out = self.callback(self.pipe, self.step, self.timestep, {"latents": x})
         if out is not None and out.get("latents", x) is not x:
-            raise PipelineError("callback_on_step_end returned new latents; the samplers cannot take them yet, so "
-                                "return callback_kwargs unchanged (or None)")
+            raise PipelineError("callback_on_step_end returned new latents, which UniForm's samplers do not take "
+                                "back; return callback_kwargs unchanged (or None)")
 
 
 def per_row(given, b: int, name: str) -> list | None:
