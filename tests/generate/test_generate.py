@@ -307,3 +307,29 @@ def test_keep_best_by_desync_keeps_the_candidate_with_the_smallest_offset(tmp_pa
     # the first and the last 4.8 s that Synchformer's 0.32 s segment grid holds
     assert [w[:2] for w in kept["windows"]] == [[0.0, 4.8], [0.96, 5.76]]
     assert len(set(scores)) > 1, scores  # there was a choice
+
+
+def test_step_cache_is_a_setting_recorded_with_its_skipped_forwards(tmp_path, light_checkpoint):
+    from tests.fixtures.checkpoint import make_checkpoint
+    from uniform_cli.config import load_recipe
+
+    recipe = load_recipe(light_checkpoint / "recipe.toml")
+    # two block pairs: the cache runs the first on every step and may skip the second
+    checkpoint = make_checkpoint(tmp_path / "ckpt", recipe.codec, model=dataclasses.replace(recipe.model, depth=2),
+                                 data=recipe.data, generate=recipe.generate, diffusion=recipe.diffusion)
+    prompts = write_csv(tmp_path / "prompts.csv", ["id,text,seed", "dog,a dog barks,5"])
+    out = tmp_path / "out"
+    base = [prompts, "--checkpoint", checkpoint, "--out", out, "--device", "cpu", "--steps", "12"]
+    assert invoke(*base).exit_code == 0
+    plain = json.loads((out / "results.jsonl").read_text())
+    assert plain["cache"] is None and "cache_skips" not in plain
+    uncached, _ = read_audio(out / "dog.wav")
+
+    result = invoke(*base, "--cache", "0.5", "--skip-existing")  # other settings: made again
+    assert result.exit_code == 0 and "cache None -> 0.5" in " ".join(result.output.split()), result.output
+    record = json.loads((out / "results.jsonl").read_text())
+    assert record["cache"] == 0.5
+    skips = record["cache_skips"]
+    assert skips["forwards"] == 12 and 0 < skips["skipped"] < 12  # the first step always runs in full
+    cached, _ = read_audio(out / "dog.wav")
+    assert not np.array_equal(cached, uncached)

@@ -23,6 +23,9 @@ def main(
     t2av_samples: Optional[int] = typer.Option(None, "--t2av-samples", help="T2AV clips per held-out caption."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the recipe's)."),
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampling steps (default: the recipe's)."),
+    cache: Optional[float] = typer.Option(
+        None, "--cache", min=0.0, help="Step cache threshold of generate (e.g. 0.08; default: the recipe's, off)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the world, training and sampling."),
 ) -> None:
     """Make a world of scenes whose sound is caused by the picture, and run clip, caption, encode, train,
@@ -42,7 +45,7 @@ def main(
     console = Console()
     settings = QUICK if quick else DemoSettings()
     given = {"train_per_kind": train_per_kind, "test_per_kind": test_per_kind, "t2av_samples": t2av_samples,
-             "steps": steps, "sample_steps": sample_steps}
+             "steps": steps, "sample_steps": sample_steps, "cache": cache}
     settings = replace(settings, seed=seed, **{k: v for k, v in given.items() if v is not None})
     if min(settings.train_per_kind, settings.test_per_kind, settings.t2av_samples) < 1:
         fail("--train-per-kind, --test-per-kind and --t2av-samples must be at least 1", USAGE)

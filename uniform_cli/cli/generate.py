@@ -3,7 +3,6 @@ extend, retake, I2AV; any length)."""
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from pathlib import Path
 from typing import Optional
@@ -131,6 +130,7 @@ def main(
         batch_size=batch_size or recipe.generate.batch_size,
         overlap=overlap,
         model_format=model_format,
+        cache=cache,
         keep_best=keep_best.strip().lower() if keep_best else None,
         candidates=num_samples if keep_best else 1,
     )
@@ -156,8 +156,6 @@ def main(
         pipe = UniFormPipeline.from_pretrained(
             folder, device=device, dtype=getattr(torch, DTYPES[dtype]) if dtype else None, codec=codec, compile=compile
         )
-        if cache is not None:  # the first-block step cache of every sampling loop (uniform_cli.model.cache)
-            pipe.defaults = dataclasses.replace(pipe.defaults, cache=cache)
         scorer = load_scorer(options.keep_best, sources, str(pipe.device)) if options.keep_best else None
     except (PipelineError, PretrainedError, CheckpointError) as e:
         fail(e)

@@ -64,6 +64,8 @@ class DemoSettings:
     """Training steps (default: the recipe's)."""
     sample_steps: int | None = None
     """Sampling steps (default: the recipe's [generate] steps)."""
+    cache: float | None = None
+    """First-block step cache threshold of the generate stages (`generate --cache`; default: the recipe's)."""
     seed: int = 0
     """Seed of the world (and of training and sampling through the recipe)."""
     workers: int = 2
@@ -162,6 +164,12 @@ class Stages:
                             f"its messages are above")
 
 
+def _sampling_flags(settings: DemoSettings) -> list:
+    """`uniform generate` flags of the demo's sampling settings."""
+    flags = [] if settings.sample_steps is None else ["--steps", settings.sample_steps]
+    return flags + ([] if settings.cache is None else ["--cache", settings.cache])
+
+
 def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSettings = DemoSettings(),
              console=None) -> DemoReport:
     """Run the whole demo into `out`; prints the stages' output and the final table, returns the numbers."""
@@ -216,16 +224,12 @@ def run_demo(out: str | Path, recipe: str | Path | None = None, settings: DemoSe
             prompts = write_prompts(out / "prompts" / f"{task}.csv", task, test, samples)
             args = ["generate", prompts.relative_to(out), "--checkpoint", checkpoint, "--task", task,
                     "--out", f"generated/{task}", "--num-samples", samples]
-            if settings.sample_steps is not None:
-                args += ["--steps", settings.sample_steps]
-            stages.uniform(*args)
+            stages.uniform(*args, *_sampling_flags(settings))
     spans = span_jobs(long_source, test)
     with stages.timed("spans"):
         prompts = write_span_prompts(out, spans)
-        args = ["generate", prompts.relative_to(out), "--checkpoint", checkpoint, "--out", SPAN_FOLDER]
-        if settings.sample_steps is not None:
-            args += ["--steps", settings.sample_steps]
-        stages.uniform(*args)
+        stages.uniform("generate", prompts.relative_to(out), "--checkpoint", checkpoint, "--out", SPAN_FOLDER,
+                       *_sampling_flags(settings))
 
     with stages.timed("eval"):
         from uniform_cli.eval.run import evaluate, write_metrics

@@ -75,6 +75,9 @@ class GenerationResult:
     """Peak bytes the call allocated on a CUDA device (None on the CPU)."""
     windows: list[list[int]] = field(default_factory=list)
     """Start seconds of the model windows each job took."""
+    cache_skips: tuple[int, int] = (0, 0)
+    """With the step cache on: the model forwards of the batch that skipped the blocks after the first pair, and
+    all its forwards."""
 
     def __getitem__(self, index: int):
         """`out[0]` is the frames and `out[1]` the waves, as diffusers' outputs index their fields in order."""
@@ -413,6 +416,7 @@ class UniFormPipeline:
         progress: Callable[[int, int], None] | None = None,
         negative_prompt: Sequence[str] | None = None,
         callback_on_step_end: StepCallback | None = None,
+        cache: float | None = None,
     ) -> GenerationResult:
         """Generate one output per job (`generate.jobs.Job`: any task, any length), in one batch.
 
@@ -421,6 +425,7 @@ class UniFormPipeline:
         replaces seeds; a row's noise comes from its own generator only (one generator for all rows: they draw
         from it in turn). `overlap`: whole seconds each window shares with what is already made (below the clip
         length). `negative_prompt`, `callback_on_step_end`: as `__call__` takes them, one negative per row.
+        `cache`: the first-block step cache's threshold (`model.cache`; 0 off, default `[generate] cache`).
         """
         from uniform_cli.diffusion.samplers import SAMPLERS, check_sampler
 
@@ -448,7 +453,10 @@ class UniFormPipeline:
         settings = dict(sampler=SAMPLERS[sampler], steps=steps or self.defaults.steps,
                         cfg_video=self.defaults.cfg_video if cfg_video is None else cfg_video,
                         cfg_audio=self.defaults.cfg_audio if cfg_audio is None else cfg_audio,
-                        callback=callback_on_step_end)
+                        callback=callback_on_step_end, cache=self.defaults.cache if cache is None else cache,
+                        cache_skips=[0, 0])
+        if not settings["cache"] >= 0:
+            raise PipelineError(f"cache must be 0 (off) or a positive threshold, not {settings['cache']!r}")
         if negative_prompt is not None and len(negative_prompt) != b:
             raise PipelineError(f"got {len(negative_prompt)} negative prompts for {b} rows")
         if negative_prompt is not None and self.text_encoder is None:
@@ -482,7 +490,7 @@ class UniFormPipeline:
         timings["total"] = time.perf_counter() - t_start
         peak = peak_memory_bytes(self.device)[0] if self.device.type == "cuda" else None
         return GenerationResult(frames, wave, fps, rate, [job.task for job in jobs], seeds, timings, peak,
-                                [tl.windows for tl in timelines])
+                                [tl.windows for tl in timelines], tuple(settings["cache_skips"]))
 
     def _window(self, timelines: list[Timeline], starts: list[int], overlap: int, text: torch.Tensor,
                 text_mask: torch.Tensor,
@@ -524,7 +532,7 @@ class UniFormPipeline:
         masks = AV(torch.from_numpy(gen_video), torch.from_numpy(gen_audio)).to(self.device)
         from uniform_cli.model.cache import FirstBlockCache  # one step cache per sampling loop (its trajectory)
 
-        base = FirstBlockCache(self.model, self.defaults.cache) if self.defaults.cache else self.model
+        base = FirstBlockCache(self.model, settings["cache"]) if settings["cache"] else self.model
         if has_text and (settings["cfg_video"] != 1.0 or settings["cfg_audio"] != 1.0):
             model = base if negative is None else with_negative_text(base, *negative)
             model_fn = guided_model_fn(model, masks, text, text_mask, settings["cfg_video"], settings["cfg_audio"])
@@ -537,6 +545,9 @@ class UniFormPipeline:
                                           generator=generators, progress=progress)
             if callbacks is not None:
                 callbacks.finish(latents)
+        if isinstance(base, FirstBlockCache):
+            settings["cache_skips"][0] += base.skipped
+            settings["cache_skips"][1] += base.calls
         self._sync()
         timings["denoise"] += time.perf_counter() - clock
 

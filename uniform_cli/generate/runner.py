@@ -50,6 +50,7 @@ def settings_of(item: "WorkItem", options: "RunOptions", defaults) -> dict:
         "cfg_audio": defaults.cfg_audio if options.cfg_audio is None else options.cfg_audio,
         "overlap": options.overlap,
         "model_format": options.model_format,
+        "cache": (defaults.cache if options.cache is None else options.cache) or None,  # off: None, as before
         "keep_best": {"metric": options.keep_best, "candidates": options.candidates} if options.keep_best else None,
     }
 
@@ -70,6 +71,8 @@ class RunOptions:
     """Whole seconds each window shares with what is already made."""
     model_format: bool = False
     """Write every mp4 at the model's format (else V2A rows and audio-only retakes keep the user's video)."""
+    cache: float | None = None
+    """First-block step cache threshold (`model.cache`; 0 off; None: the checkpoint's `[generate] cache`)."""
     keep_best: str | None = None
     """A metric of `scorable_metrics`: make `candidates` clips per item (seeds seed, seed + 1, ...) and
     keep the one it scores best."""
@@ -187,7 +190,7 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
                 out = pipeline.generate([job for job in jobs for _ in range(n)], sampler=options.sampler,
                                         steps=options.steps, cfg_video=options.cfg_video, cfg_audio=options.cfg_audio,
                                         seed=[candidate_seed(item.seed, k) for item in ready for k in range(n)],
-                                        overlap=options.overlap, progress=on_step)
+                                        overlap=options.overlap, progress=on_step, cache=options.cache)
             except PipelineError as e:  # a job the whole-CSV check let through (media shorter than probed)
                 for item in ready:
                     report.failed[item.name] = str(e)
@@ -217,6 +220,8 @@ def generate_items(pipeline, items: list[WorkItem], out_dir: Path, options: RunO
                 record.update(num_frames=len(out.frames[i]), num_samples=len(out.wave[i]), windows=out.windows[i],
                               source_seconds=item.row.source_seconds, segment=_segment(item.row),
                               own_video=keeps_video and not options.model_format)
+                if record["cache"]:  # the batch's forwards (one decision per forward for the whole batch)
+                    record["cache_skips"] = {"skipped": out.cache_skips[0], "forwards": out.cache_skips[1]}
                 if candidates is not None:
                     record.update(candidates=candidates, best_seed=candidates[best]["seed"], score_key=scorer.spec.keys[0])
                 results.write(record)
