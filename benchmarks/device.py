@@ -264,6 +264,9 @@ def part_generate(plan: Plan, work: Path, thresholds: list[float], clips: int) -
         timed = rows[1:] or rows  # the first clip pays for compiling and the first kernels
         timings = {k: round(float(np.median([r["timings"][k] for r in timed])), 4) for k in timed[0]["timings"]}
         out[name] = {"flags": flags, "seconds_per_clip": timings, "process_s": round(seconds, 1)}
+        skips = [r["cache_skips"] for r in rows if r.get("cache_skips")]
+        if skips:  # share of the model forwards the step cache skipped past the first block pair
+            out[name]["cache_skipped_share"] = round(sum(k["skipped"] for k in skips) / sum(k["forwards"] for k in skips), 3)
         base = work / "generated" / ("compiled" if plan.cuda else "eager")
         if "--cache" in flags and (base / "clip0.wav").is_file():
             wave, _ = read_audio(folder / "clip0.wav")

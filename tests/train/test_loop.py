@@ -181,6 +181,11 @@ def test_bad_recipe_and_missing_shards_fail_before_any_work(tmp_path, shards):
     assert not (tmp_path / "runs").exists()
     result = runner.invoke(app, ["train", str(missing), "--set", "model.preset=XL/2", "--dry-run"])
     assert result.exit_code == 0 and "tokens per sample: 6,400" in result.output
+    assert "objective: iddpm, eps prediction, 1000 steps" in result.output
+    result = runner.invoke(app, ["train", str(missing), "--set", "model.preset=XL/2", "--set", 'diffusion.objective="rflow"',
+                                 "--set", 'generate.sampler="euler"', "--dry-run"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "objective: rflow, velocity target, logit-normal times, shift 2.24" in text
 
 
 def test_nonfinite_loss_stops_with_a_diagnosis(tmp_path):

@@ -37,6 +37,7 @@ def main(
     if dry_run:
         import torch
 
+        from uniform_cli.diffusion.flow import describe_objective
         from uniform_cli.model.uniform import build_model, flops_per_sample, num_tokens
         from uniform_cli.train.finetune import FinetuneError, apply_finetuning
 
@@ -49,6 +50,7 @@ def main(
         console.print(recipe_to_toml(recipe), markup=False, highlight=False)
         console.print(
             f"parameters: {params:,} ({params / 1e9:.3f} B); trained: {report.summary()}\n"
+            f"objective: {describe_objective(recipe.diffusion, recipe.data.clip)}\n"
             f"tokens per sample: {num_tokens(recipe.model):,}\n"
             f"forward TFLOPs per sample: {flops_per_sample(recipe.model) / 1e12:.2f}\n"
             f"global batch: {recipe.train.batch_size} (micro-batch {recipe.train.micro_batch} per GPU)"

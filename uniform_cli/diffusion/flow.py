@@ -42,6 +42,16 @@ def opensora_shift(spec: ClipSpec) -> float:
     return math.sqrt(spec.size * spec.size / 512**2) * math.sqrt(latent_frames)
 
 
+def describe_objective(cfg: DiffusionConfig, spec: ClipSpec) -> str:
+    """One line on what a recipe trains, for the dry run: the objective, its target and, for rflow, the shift."""
+    if cfg.objective == "iddpm":
+        return f"iddpm, {cfg.prediction} prediction, {cfg.num_timesteps} steps"
+    schedule = make_flow_schedule(cfg, spec)
+    rule = (f"Open-Sora's rule for {spec.size} px and {spec.frames} frames; set diffusion.flow_shift to choose"
+            if cfg.flow_shift == 0 else "diffusion.flow_shift")
+    return f"rflow, velocity target, {cfg.flow_times} times, shift {schedule.shift:.3g} ({rule})"
+
+
 def make_flow_schedule(cfg: DiffusionConfig, spec: ClipSpec) -> FlowSchedule:
     """The recipe's flow schedule; `cfg.flow_shift` 0 takes Open-Sora's rule for the recipe's clip."""
     shift = cfg.flow_shift if cfg.flow_shift > 0 else opensora_shift(spec)
