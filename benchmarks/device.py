@@ -165,7 +165,8 @@ def part_train(plan: Plan, work: Path, peak: float | None) -> dict:
     shards = write_shards(work / "shards", cfg, 4 * plan.micro_batch)
     base = [f"model.preset={cfg.preset}", f"data.shards=[\"{shards}\"]", f"train.steps={plan.train_steps}",
             f"train.batch_size={plan.micro_batch}", f"train.micro_batch={plan.micro_batch}",
-            "train.checkpoint_every=100000", "train.keep_last=1", "train.warmup_steps=0"]
+            "train.checkpoint_every=100000", "train.keep_last=1", "train.warmup_steps=0",
+            "train.sample_every=0"]  # the recipe samples with the real codecs every 2,000 steps: not a step's cost
     if plan.model.preset != "XL/2":  # the tiny model's shapes and the CPU's precision
         base += [f"model.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in
                  dataclasses.asdict(cfg).items() if k in ("video_latent", "audio_latent", "hidden_size", "depth",
