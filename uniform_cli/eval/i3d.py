@@ -122,13 +122,20 @@ class InceptionI3d(nn.Module):
         return self.logits(x).mean(dim=(2, 3, 4))
 
 
-def i3d_input(frames: np.ndarray) -> torch.Tensor:
-    """uint8 frames `F H W 3` -> `1 3 F 224 224` in [-1, 1] (bilinear resize, no crop)."""
+def checked_frames(frames: np.ndarray) -> np.ndarray:
+    """`frames` as an array, or FeatureInputError unless they are uint8 `F H W 3` with at least MIN_FRAMES (both
+    I3D detectors)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise FeatureInputError(f"frames must be uint8 `F H W 3`, got {frames.dtype} {frames.shape}")
     if len(frames) < MIN_FRAMES:
         raise FeatureInputError(f"I3D needs at least {MIN_FRAMES} frames, got {len(frames)}")
+    return frames
+
+
+def i3d_input(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames `F H W 3` -> `1 3 F 224 224` in [-1, 1] (bilinear resize, no crop)."""
+    frames = checked_frames(frames)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # F 3 H W
     x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     x = x / 127.5 - 1.0

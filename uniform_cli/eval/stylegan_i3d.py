@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniform_cli.eval.i3d import MIN_FRAMES
+from uniform_cli.eval.i3d import checked_frames
 from uniform_cli.eval.weights import FeatureInputError, WeightsError
 
 CALL = {"rescale": True, "resize": True, "return_features": True}
@@ -54,11 +54,7 @@ def load_styleganv_i3d(path: str | Path) -> torch.jit.ScriptModule:
 
 def styleganv_input(frames: np.ndarray) -> torch.Tensor:
     """uint8 frames `F H W 3` -> uint8 `1 3 F H W`, the layout StyleGAN-V hands the detector."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise FeatureInputError(f"frames must be uint8 `F H W 3`, got {frames.dtype} {frames.shape}")
-    if len(frames) < MIN_FRAMES:
-        raise FeatureInputError(f"I3D needs at least {MIN_FRAMES} frames, got {len(frames)}")
+    frames = checked_frames(frames)
     # contiguous: the detector's resize reshapes its input with view()
     return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].contiguous()
 
