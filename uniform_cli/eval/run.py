@@ -83,21 +83,18 @@ class Extractor:
     """What it needs, as told when it is skipped."""
 
 
-def _file(name: str) -> Callable[[Sources], Path]:
-    return lambda sources: weight_path(sources.weights_dir, name)
+def _published(reads: set[str], window_seconds: float, weights: str, module: str, loader: str,
+               features: Callable[[object, Window], dict]) -> Extractor:
+    """An extractor whose weights are the published file `WEIGHT_FILES[weights]` in --weights-dir, loaded by
+    `uniform_cli.eval.{module}.{loader}(path)` (imported only when it is used)."""
 
-
-def _file_needs(name: str) -> str:
-    return f"--weights-dir with {WEIGHT_FILES[name].filename}"
-
-
-def _loaded(module: str, loader: str) -> Callable[[object, str], object]:
     def load(path, device):
         import importlib
 
         return getattr(importlib.import_module(f"uniform_cli.eval.{module}"), loader)(path).to(device)
 
-    return load
+    return Extractor(frozenset(reads), window_seconds, lambda sources: weight_path(sources.weights_dir, weights), load,
+                     features, f"--weights-dir with {WEIGHT_FILES[weights].filename}")
 
 
 def _vggish(model, w: Window) -> dict:
@@ -147,24 +144,19 @@ EXTRACTORS: dict[str, Extractor] = {
     "av-align": Extractor(frozenset({"video", "audio"}), 4.0, lambda s: None, lambda path, device: None,
                           lambda _, w: {"peaks": clip_peaks(w.frames, w.fps, w.wave, w.sample_rate)}, ""),
     # AudioSet's 10 s clips for the audio models, Kinetics' 10 s clips for I3D.
-    "vggish": Extractor(frozenset({"audio"}), 10.0, _file("vggish"), _loaded("vggish", "load_vggish"), _vggish,
-                        _file_needs("vggish")),
-    "panns": Extractor(frozenset({"audio"}), 10.0, _file("panns"), _loaded("panns", "load_cnn14"), _panns,
-                       _file_needs("panns")),
-    "i3d": Extractor(frozenset({"video"}), 10.0, _file("i3d"), _loaded("i3d", "load_i3d"), _i3d, _file_needs("i3d")),
-    "i3d-styleganv": Extractor(frozenset({"video"}), 10.0, _file("i3d_styleganv"),
-                               _loaded("stylegan_i3d", "load_styleganv_i3d"), _i3d_styleganv,
-                               _file_needs("i3d_styleganv")),
+    "vggish": _published({"audio"}, 10.0, "vggish", "vggish", "load_vggish", _vggish),
+    "panns": _published({"audio"}, 10.0, "panns", "panns", "load_cnn14", _panns),
+    "i3d": _published({"video"}, 10.0, "i3d", "i3d", "load_i3d", _i3d),
+    "i3d-styleganv": _published({"video"}, 10.0, "i3d_styleganv", "stylegan_i3d", "load_styleganv_i3d", _i3d_styleganv),
     # The whole clip: Synchformer's protocol takes its own first and last 4.8 s at exact 25 fps frame times
     # (cutting the frames here would shift picture against sound by up to half a source frame).
-    "synchformer": Extractor(frozenset({"video", "audio"}), math.inf, _file("synchformer"),
-                             _loaded("synchformer", "load_synchformer"), _synchformer, _file_needs("synchformer")),
+    "synchformer": _published({"video", "audio"}, math.inf, "synchformer", "synchformer", "load_synchformer",
+                              _synchformer),
     "clap": Extractor(frozenset({"audio", "text"}), clap_model.WINDOW_SECONDS, lambda s: clap_model.locate_clap(s.clap),
                       clap_model.load_clap, lambda m, w: clap_model.clap_features(m, w.wave, w.sample_rate, w.text),
                       f"{clap_model.CLAP_MODEL} in the local Hugging Face cache, or --clap FOLDER"),
     # av-benchmark's default clip length (VGGSound's 8 s); a 4 s UniForm clip is one window of 2 frames.
-    "imagebind": Extractor(frozenset({"video", "audio"}), 8.0, _file("imagebind"),
-                           _loaded("imagebind", "load_imagebind"), _imagebind, _file_needs("imagebind")),
+    "imagebind": _published({"video", "audio"}, 8.0, "imagebind", "imagebind", "load_imagebind", _imagebind),
 }
 """Extractor name -> how to get features; a metric names one."""
 
@@ -247,6 +239,8 @@ class MetricSpec:
     higher_is_better: bool = True
     by_stem: bool = False
     """Pairs each generated clip with the reference clip of its stem (KL), so it rests on those clips only."""
+    min_clips: int = 1
+    """Clips each folder needs: 2 for a distribution fitted to one feature vector per clip (FD, FVD, KVD)."""
     per_clip: Callable[[ClipFeatures], dict] | None = None
     """A set metric's per-clip details (DeSync: each window's offset), kept in details["per_clip"]."""
 
@@ -261,24 +255,26 @@ METRICS: dict[str, MetricSpec] = {
     "fad": MetricSpec("vggish", True, "Fréchet distance of VGGish embeddings, FAD (lower is better)", ("FD-VGG",),
                       compute=lambda g, r: {"FD-VGG": frechet_distance(_samples(r, "embeddings"), _samples(g, "embeddings"))}),
     "fd": MetricSpec("panns", True, "Fréchet distance of PANNs Cnn14 embeddings (lower is better)", ("FD-PANN",),
-                     compute=lambda g, r: {"FD-PANN": frechet_distance(_samples(r, "embedding"), _samples(g, "embedding"))}),
+                     compute=lambda g, r: {"FD-PANN": frechet_distance(_samples(r, "embedding"), _samples(g, "embedding"))},
+                     min_clips=2),
     "kl": MetricSpec("panns", True, "KL of PANNs class distributions, paired by stem (lower is better)",
                      ("KL-PANNS-softmax", "KL-PANNS-sigmoid"), compute=_kl, by_stem=True),
     "is": MetricSpec("panns", False, "Inception Score of PANNs logits (higher is better)",
                      ("ISC-PANNS-mean", "ISC-PANNS-std"), compute=_is),
     "fvd": MetricSpec("i3d", True, "Fréchet distance of I3D Kinetics logits (lower is better)", ("FVD",),
-                      compute=lambda g, r: {"FVD": frechet_distance(_samples(r, "logits"), _samples(g, "logits"))}),
+                      compute=lambda g, r: {"FVD": frechet_distance(_samples(r, "logits"), _samples(g, "logits"))}, min_clips=2),
     "fvd-styleganv": MetricSpec("i3d-styleganv", True, "FVD with StyleGAN-V's I3D detector, as most papers "
                                 "report it (lower is better)", ("FVD-StyleGAN-V",),
                                 compute=lambda g, r: {"FVD-StyleGAN-V": frechet_distance(_samples(r, "logits"),
-                                                                                          _samples(g, "logits"))}),
+                                                                                          _samples(g, "logits"))},
+                                min_clips=2),
     "kvd-styleganv": MetricSpec("i3d-styleganv", True, "KVD with StyleGAN-V's I3D detector (lower is better)",
-                                ("KVD-StyleGAN-V", "KVD-StyleGAN-V-std"), compute=_kvd_styleganv),
+                                ("KVD-StyleGAN-V", "KVD-StyleGAN-V-std"), compute=_kvd_styleganv, min_clips=2),
     "desync": MetricSpec("synchformer", False, "DeSync: Synchformer's mean |audio-video offset| in seconds over the "
                          "first and last 4.8 s (lower is better)", ("DeSync",), compute=_desync,
                          higher_is_better=False, per_clip=_desync_clip),
     "kvd": MetricSpec("i3d", True, "Polynomial-kernel MMD of I3D Kinetics logits (lower is better)", ("KVD", "KVD-std"),
-                      compute=_kvd),
+                      compute=_kvd, min_clips=2),
 }
 """Metric name (as given to --metrics and --keep-best) -> its needs and its function of features."""
 
@@ -391,10 +387,12 @@ def check_plan(names: list[str], generated: dict[str, ClipFiles], reference: dic
                 problems.append(f"{name} needs an .mp4 for every {label} clip; only a .wav for: {', '.join(without[:5])}")
         if "text" in reads and generated and not any(c.text for c in generated.values()):
             problems.append(f"{name} scores captions: no clip has one (they come from the folder's results.jsonl)")
-        if name == "kl" and reference is not None and not generated.keys() & reference.keys():
-            problems.append("kl pairs clips by file stem, and no generated stem has a reference clip")
-        if name in ("fd", "fvd", "kvd", "fvd-styleganv", "kvd-styleganv") and (len(generated) < 2 or (reference is not None and len(reference) < 2)):
-            problems.append(f"{name} fits a distribution to each folder: it needs at least 2 clips in each")
+        if spec.by_stem and reference is not None and not generated.keys() & reference.keys():
+            problems.append(f"{name} pairs clips by file stem, and no generated stem has a reference clip")
+        if spec.min_clips > 1 and (len(generated) < spec.min_clips or (reference is not None
+                                                                       and len(reference) < spec.min_clips)):
+            problems.append(f"{name} fits a distribution to each folder: it needs at least {spec.min_clips} clips "
+                            "in each")
     if reference is not None and not reference and any(METRICS[n].needs_reference for n in names):
         problems.append("the reference folder has no .mp4 or .wav files")
     if problems:
@@ -447,6 +445,17 @@ def _load_models(extractors: set[str], sources: Sources, device: str) -> dict[st
     return {name: EXTRACTORS[name].load(EXTRACTORS[name].locate(sources), device) for name in sorted(extractors)}
 
 
+def clip_scores(spec: MetricSpec, clip: ClipFeatures) -> list[float]:
+    """A paired metric's score of each window of one clip with its own sound."""
+    return [float(spec.pair(v, v)) for v in clip.values]
+
+
+def clip_value(spec: MetricSpec, clip: ClipFeatures) -> float:
+    """One clip's value of a metric with one (a paired metric: the mean over its windows; DeSync: its per-clip
+    score), as eval's details give it and `generate --keep-best` ranks candidates by it."""
+    return float(np.mean(clip_scores(spec, clip))) if spec.pair is not None else float(spec.per_clip(clip)["score"])
+
+
 def _measure(spec: MetricSpec, gen: Folder, ref: Folder | None) -> tuple[dict[str, float], dict]:
     """A metric's values on these clips and what goes with them (a paired metric's baseline and per-clip
     windows); raises MetricError when the clips cannot give it."""
@@ -459,8 +468,9 @@ def _measure(spec: MetricSpec, gen: Folder, ref: Folder | None) -> tuple[dict[st
     base = baseline(pair_scores(spec.pair, [gen[s].values for s in stems]), spec.higher_is_better)
     per_clip = {}
     for s in stems:
-        scores = [float(spec.pair(v, v)) for v in gen[s].values]
-        per_clip[s] = {"score": float(np.mean(scores)), "windows": [[a, b, x] for (a, b), x in zip(gen[s].windows, scores)]}
+        scores = clip_scores(spec, gen[s])
+        per_clip[s] = {"score": float(np.mean(scores)),
+                       "windows": [[a, b, x] for (a, b), x in zip(gen[s].windows, scores)]}
     return {spec.keys[0]: base.true}, {"baseline": vars(base), "per_clip": per_clip}
 
 

@@ -127,8 +127,9 @@ class UniFormPipeline:
                         cache_dir: str | Path | None = None) -> "UniFormPipeline":
         """Load a checkpoint (config.json + model.safetensors + recipe.toml) and the parts its recipe names: a
         folder, a run's `checkpoints/latest`, or a hub id in the local Hugging Face cache (`cache_dir`, default
-        $HF_HUB_CACHE); `download` lets a hub id missing there be fetched (unless HF_HUB_OFFLINE is set). `codec` replaces the recipe's `[codec]` (other local folders for the same codecs);
-        `text_encoder = "none"` runs without text. Defaults: CUDA when present, bf16 there and fp32 on the CPU
+        $HF_HUB_CACHE); `download` lets a hub id missing there be fetched (unless HF_HUB_OFFLINE is set).
+        `codec` replaces the recipe's `[codec]` (other local folders for the same codecs); `text_encoder = "none"`
+        runs without text. Defaults: CUDA when present, bf16 there and fp32 on the CPU
         (the audio codec always runs in fp32). `compile` compiles the transformer blocks."""
         from uniform_cli.diffusion.schedule import make_schedule
         from uniform_cli.model.checkpoint import load_pretrained
@@ -198,7 +199,7 @@ class UniFormPipeline:
     def enable_model_cpu_offload(self, device: torch.device | str = "cuda") -> "UniFormPipeline":
         """Keep every part on the CPU and move each to `device` only while it runs (the text encoder for the
         captions, a codec for its encode or decode, the transformer for a window's denoising), so the GPU holds
-        one part (and its activations) at a time: what lets XL/2 with T5-XXL run on a 24 GB card."""
+        one part (and its activations) at a time, for cards too small for XL/2 beside T5-XXL."""
         self.to("cpu")
         self.device, self.offload = torch.device(device), True
         return self
@@ -453,8 +454,7 @@ class UniFormPipeline:
         settings = dict(sampler=SAMPLERS[sampler], steps=steps or self.defaults.steps,
                         cfg_video=self.defaults.cfg_video if cfg_video is None else cfg_video,
                         cfg_audio=self.defaults.cfg_audio if cfg_audio is None else cfg_audio,
-                        callback=callback_on_step_end, cache=self.defaults.cache if cache is None else cache,
-                        cache_skips=[0, 0])
+                        callback=callback_on_step_end, cache=self.defaults.cache if cache is None else cache)
         if not settings["cache"] >= 0:
             raise PipelineError(f"cache must be 0 (off) or a positive threshold, not {settings['cache']!r}")
         if negative_prompt is not None and len(negative_prompt) != b:
@@ -476,31 +476,34 @@ class UniFormPipeline:
         self._sync()
         timings["text"] = time.perf_counter() - clock
         per_second = round(self.model.cfg.video_latent[1] / window)
+        skipped = forwards = 0
         while True:
             starts = [next_window(tl, round(window), overlap, per_second) for tl in timelines]
             rows = [i for i, start in enumerate(starts) if start is not None]
             if not rows:
                 break
-            self._window([timelines[i] for i in rows], [starts[i] for i in rows], overlap, text[rows],
-                         text_mask[rows], has_text, [generators[i] for i in rows], settings, timings, progress,
-                         None if negative is None else (negative[0][rows], negative[1][rows]))
+            skips = self._window([timelines[i] for i in rows], [starts[i] for i in rows], overlap, text[rows],
+                                 text_mask[rows], has_text, [generators[i] for i in rows], settings, timings,
+                                 progress, None if negative is None else (negative[0][rows], negative[1][rows]))
+            skipped, forwards = skipped + skips[0], forwards + skips[1]
         fps, rate = self.spec.fps, self.spec.sample_rate
         frames = [tl.frames[: round(tl.seconds * fps)] for tl in timelines]
         wave = [tl.wave[: round(tl.seconds * rate)] for tl in timelines]
         timings["total"] = time.perf_counter() - t_start
         peak = peak_memory_bytes(self.device)[0] if self.device.type == "cuda" else None
         return GenerationResult(frames, wave, fps, rate, [job.task for job in jobs], seeds, timings, peak,
-                                [tl.windows for tl in timelines], tuple(settings["cache_skips"]))
+                                [tl.windows for tl in timelines], (skipped, forwards))
 
     def _window(self, timelines: list[Timeline], starts: list[int], overlap: int, text: torch.Tensor,
                 text_mask: torch.Tensor,
                 has_text: bool, generators: list[torch.Generator], settings: dict, timings: dict,
                 progress: Callable[[int, int], None] | None,
-                negative: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                negative: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[int, int]:
         """One model window per timeline (starting at `starts` seconds): encode what is known there, sample
         what is still to generate, decode it and write it back. `negative`: the unconditional branch's text and
-        mask (None: the learned null text)."""
+        mask (None: the learned null text). Returns the step cache's (skipped, all) model forwards ((0, 0) off)."""
         from uniform_cli.diffusion.guidance import conditional_model_fn, guided_model_fn
+        from uniform_cli.model.cache import FirstBlockCache  # one step cache per sampling loop (its trajectory)
 
         spec, cfg = self.spec, self.model.cfg
         fps, rate, latent = round(spec.fps), round(spec.sample_rate), cfg.video_latent[1]
@@ -530,8 +533,6 @@ class UniFormPipeline:
 
         clock = time.perf_counter()
         masks = AV(torch.from_numpy(gen_video), torch.from_numpy(gen_audio)).to(self.device)
-        from uniform_cli.model.cache import FirstBlockCache  # one step cache per sampling loop (its trajectory)
-
         base = FirstBlockCache(self.model, settings["cache"]) if settings["cache"] else self.model
         if has_text and (settings["cfg_video"] != 1.0 or settings["cfg_audio"] != 1.0):
             model = base if negative is None else with_negative_text(base, *negative)
@@ -545,9 +546,6 @@ class UniFormPipeline:
                                           generator=generators, progress=progress)
             if callbacks is not None:
                 callbacks.finish(latents)
-        if isinstance(base, FirstBlockCache):
-            settings["cache_skips"][0] += base.skipped
-            settings["cache_skips"][1] += base.calls
         self._sync()
         timings["denoise"] += time.perf_counter() - clock
 
@@ -585,6 +583,7 @@ class UniFormPipeline:
             tl.windows.append(starts[i])
         self._sync()
         timings["decode"] += time.perf_counter() - clock
+        return (base.skipped, base.calls) if isinstance(base, FirstBlockCache) else (0, 0)
 
 
 # -- helpers of the diffusers-shaped call ------------------------------------------------------------------------

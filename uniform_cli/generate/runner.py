@@ -264,15 +264,10 @@ class ClipScorer:
     model: object
 
     def score(self, frames, fps: float, wave, rate: int, text: str | None = None) -> float:
-        """The metric's value for one clip: the mean over its windows, as `uniform eval` gives it."""
-        import numpy as np
+        """The metric's value for one clip, as `uniform eval` gives it (`eval.run.clip_value`)."""
+        from uniform_cli.eval.run import clip_features, clip_value
 
-        from uniform_cli.eval.run import clip_features
-
-        feats = clip_features(self.extractor, self.model, frames, fps, wave, rate, text)
-        if self.spec.pair is None:  # a per-clip value of a set metric (DeSync)
-            return float(self.spec.per_clip(feats)["score"])
-        return float(np.mean([self.spec.pair(v, v) for v in feats.values]))
+        return clip_value(self.spec, clip_features(self.extractor, self.model, frames, fps, wave, rate, text))
 
     def better(self, a: float, b: float) -> bool:
         """Whether score `a` beats score `b` (ties keep the earlier candidate)."""

@@ -170,7 +170,8 @@ def setup(recipe: Recipe, resume: str | None, console: Console) -> Run:
         text_encoder = TextEncoder.from_pretrained(
             recipe.codec.text_encoder, max_length=recipe.model.text_len, device=device, dtype=dtype
         )
-    parts = StepParts(engine, ema, make_schedule(recipe.diffusion, recipe.data.clip), cfg, data, rank, device, text_encoder, text_free)
+    parts = StepParts(engine, ema, make_schedule(recipe.diffusion, recipe.data.clip), cfg, data, rank, device,
+                      text_encoder, text_free)
 
     sampler = None
     if rank == 0 and cfg.sample_every:
